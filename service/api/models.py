@@ -1,0 +1,90 @@
+"""Model listing and runtime threshold changes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+
+from service.api.deps import Service, find_model, require_token
+from service.api.schemas import (
+    ModelDescription,
+    ModelsResponse,
+    ThresholdsResponse,
+    ThresholdsUpdate,
+)
+from service.inference.card import ThresholdSpec
+from service.inference.model import Model, make_policy, thresholds_of
+
+router = APIRouter(prefix="/v1", tags=["models"])
+ModelName = Annotated[
+    str | None, Query(description="Model name; default: the first configured model.")
+]
+
+
+def describe(model: Model) -> ModelDescription:
+    s = model.spec
+    return ModelDescription(
+        name=s.name,
+        version=s.version,
+        sha256=s.sha256,
+        task=s.task,
+        layout=s.layout,
+        classes=list(s.classes),
+        good_classes=sorted(model.policy.good_classes),
+        input_name=s.input_name,
+        input_size=s.preprocess.size,
+        resize=s.preprocess.resize,
+        color=s.preprocess.color,
+        batch=s.fixed_batch,
+        providers=model.providers,
+        output_shapes=s.output_shapes,
+        sources=s.sources,
+        warnings=list(s.warnings),
+        ready=model.warmed,
+    )
+
+
+def _thresholds(model: Model) -> ThresholdsResponse:
+    spec = thresholds_of(model.policy)
+    return ThresholdsResponse(
+        model=model.spec.name,
+        good_classes=sorted(model.policy.good_classes),
+        thresholds=ThresholdsUpdate(**spec.model_dump()),
+    )
+
+
+@router.get("/models", summary="Loaded models and how each is served.")
+def list_models(service: Service) -> ModelsResponse:
+    return ModelsResponse(
+        default=service.default_model, models=[describe(m) for m in service.models.values()]
+    )
+
+
+@router.get("/thresholds", summary="A model's current thresholds.")
+def get_thresholds(service: Service, model: ModelName = None) -> ThresholdsResponse:
+    return _thresholds(find_model(service, model))
+
+
+@router.put(
+    "/thresholds",
+    summary="Replace a model's thresholds without reloading it.",
+    dependencies=[Depends(require_token)],
+    responses={
+        401: {"description": "Token missing or wrong."},
+        422: {"description": "Bad values."},
+    },
+)
+def put_thresholds(
+    service: Service, body: ThresholdsUpdate, model: ModelName = None
+) -> ThresholdsResponse:
+    target = find_model(service, model)
+    try:
+        policy = make_policy(
+            target.spec, ThresholdSpec(**body.model_dump()), target.policy.good_classes
+        )
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    target.set_policy(policy)
+    service.metrics.threshold_updates.labels(target.spec.name).inc()
+    return _thresholds(target)

@@ -1,0 +1,161 @@
+"""POST /v1/predict: one image in (raw body or multipart), one verdict out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from service.api.deps import Service, find_model, predict_token
+from service.api.schemas import PredictResponse, predict_response
+from service.batcher import OverloadedError
+from service.imageio import GENERIC_MEDIA_TYPES, MEDIA_TYPES, ImageError, decode_image
+from service.inference.model import Model
+from service.inference.preprocess import Geometry
+from service.metrics import Metrics
+from service.types import StageTimes
+
+router = APIRouter(prefix="/v1", tags=["predict"])
+FILE_FIELDS = ("image", "file")
+RAW_TYPES = sorted({*MEDIA_TYPES, *GENERIC_MEDIA_TYPES})
+
+_binary = {"schema": {"type": "string", "format": "binary"}}
+_request_body = {
+    "required": True,
+    "content": {
+        **{t: _binary for t in RAW_TYPES},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"image": {"type": "string", "format": "binary"}},
+                "required": ["image"],
+            }
+        },
+    },
+}
+
+
+def _reject(metrics: Metrics, status: int, reason: str, detail: str) -> HTTPException:
+    metrics.rejected_inputs.labels(reason).inc()
+    return HTTPException(status, detail)
+
+
+async def read_limited(request: Request, limit: int, metrics: Metrics) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _reject(metrics, 413, "too_large", f"body of {declared} bytes exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _reject(metrics, 413, "too_large", f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _file_from_multipart(
+    request: Request, body: bytes, limit: int, metrics: Metrics
+) -> bytes:
+    async def stream() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    parser = MultiPartParser(
+        request.headers, stream(), max_files=4, max_fields=16, max_part_size=limit
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise _reject(
+            metrics, 400, "bad_multipart", f"malformed multipart body: {exc.message}"
+        ) from exc
+    try:
+        for field in FILE_FIELDS:
+            value = form.get(field)
+            if isinstance(value, UploadFile):
+                return await value.read()
+        raise _reject(
+            metrics, 422, "no_file", "multipart body has no file field named 'image' or 'file'"
+        )
+    finally:
+        await form.close()
+
+
+def _prepare(model: Model, data: bytes, max_pixels: int) -> tuple[object, Geometry, StageTimes]:
+    t0 = time.perf_counter()
+    image = decode_image(data, max_pixels)
+    t1 = time.perf_counter()
+    tensor, geometry = model.preprocess(image)
+    t2 = time.perf_counter()
+    return tensor, geometry, StageTimes(decode=t1 - t0, preprocess=t2 - t1)
+
+
+@router.post(
+    "/predict",
+    summary="Judge one image: PASS, FAIL or UNCERTAIN with the findings that drove it.",
+    dependencies=[Depends(predict_token)],
+    openapi_extra={"requestBody": _request_body},
+    responses={
+        400: {"description": "Empty, corrupt or truncated image."},
+        401: {"description": "Token required and missing or wrong."},
+        404: {"description": "No such model."},
+        413: {"description": "Body or declared image size over the limit."},
+        415: {"description": "Unsupported media type or image format."},
+        422: {"description": "Bad parameters."},
+        503: {"description": "Not ready or overloaded; retry."},
+    },
+)
+async def predict(
+    request: Request,
+    service: Service,
+    model: Annotated[str | None, Query(description="Model name; default: the first.")] = None,
+) -> PredictResponse:
+    metrics, api = service.metrics, service.settings.api
+    target = find_model(service, model)
+    batcher = service.batchers.get(target.spec.name)
+    if batcher is None or not service.ready:
+        raise HTTPException(503, "not ready: models are loading or the service is stopping")
+    media = request.headers.get("content-type", "application/octet-stream").split(";")[0]
+    media = media.strip().lower()
+    if (
+        media != "multipart/form-data"
+        and media not in MEDIA_TYPES
+        and media not in GENERIC_MEDIA_TYPES
+    ):
+        raise _reject(
+            metrics,
+            415,
+            "media_type",
+            f"unsupported media type {media!r}: send {', '.join(RAW_TYPES)} or multipart/form-data",
+        )
+    body = await read_limited(request, api.max_body_bytes, metrics)
+    if media == "multipart/form-data":
+        body = await _file_from_multipart(request, body, api.max_body_bytes, metrics)
+
+    batcher.announce()
+    try:
+        tensor, geometry, times = await run_in_threadpool(
+            _prepare, target, body, api.max_image_pixels
+        )
+    except ImageError as exc:
+        batcher.withdraw()
+        reason = {413: "too_large", 415: "image_format"}.get(exc.status, "bad_image")
+        raise _reject(metrics, exc.status, reason, str(exc)) from exc
+    except BaseException:
+        batcher.withdraw()
+        raise
+    try:
+        future = batcher.submit(tensor, geometry, times)  # type: ignore[arg-type]
+    except OverloadedError as exc:
+        metrics.rejected_inputs.labels("overloaded").inc()
+        raise HTTPException(503, f"overloaded: {exc}", {"Retry-After": "1"}) from exc
+    result = await asyncio.wrap_future(future)
+    metrics.observe(result)
+    return predict_response(result, uuid.uuid4().hex)

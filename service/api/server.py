@@ -1,0 +1,77 @@
+"""The FastAPI application and the uvicorn server around a started `LineInspect`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import __version__
+from service.api import health, models, predict
+from service.app import LineInspect
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class HttpMetrics:
+    """Pure ASGI middleware: request count and duration by route template (bounded labels)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        start = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.http_requests.labels(path, method, str(status)).inc()
+            self.metrics.http_duration.labels(path, method).observe(time.perf_counter() - start)
+
+
+def create_app(service: LineInspect) -> FastAPI:
+    docs = service.settings.api.docs
+    app = FastAPI(
+        title="lineinspect",
+        version=__version__,
+        description="Production-line inspection: ONNX models in, PASS / FAIL / UNCERTAIN out.",
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.state.service = service
+    app.include_router(predict.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    app.add_middleware(HttpMetrics, metrics=service.metrics)
+    return app
+
+
+def uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,  # keep our logging setup
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )

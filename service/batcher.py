@@ -1,0 +1,156 @@
+"""Micro-batching: concurrent requests for one model share a `session.run`.
+
+A worker thread per model takes the first waiting job and waits up to `max_wait` for more, but
+only while more requests are known to be on their way (announced, still decoding). A lone
+request therefore never waits, and a burst of 16 clients is served in a few batches.
+
+The queue is bounded; when it is full the newest request is refused (policy `reject_newest`)
+and the caller answers 503, counted in `lineinspect_rejected_inputs_total{reason="overloaded"}`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.inference.model import Model, Result
+from service.inference.preprocess import Geometry
+from service.metrics import Metrics
+from service.types import StageTimes
+
+log = logging.getLogger(__name__)
+
+
+class OverloadedError(RuntimeError):
+    """The batch queue is full."""
+
+
+@dataclass
+class _Job:
+    tensor: np.ndarray
+    geometry: Geometry
+    times: StageTimes
+    future: Future[Result]
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        model: Model,
+        metrics: Metrics,
+        max_size: int = 8,
+        max_wait_s: float = 0.002,
+        queue_size: int = 256,
+    ) -> None:
+        self.model = model
+        self.metrics = metrics
+        limit = model.max_batch
+        self.max_size = max_size if limit is None else min(max_size, limit)
+        self.max_wait_s = max_wait_s
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
+        self._arriving = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"batcher-{model.spec.name}", daemon=True
+        )
+        name = model.spec.name
+        self._infer_hist = metrics.inference_duration.labels(name)
+        self._batch_hist = metrics.batch_size.labels(name)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the jobs already queued, then stop the worker."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def announce(self) -> None:
+        """A request has started decoding and will submit soon: worth waiting for."""
+        with self._lock:
+            self._arriving += 1
+
+    def withdraw(self) -> None:
+        """An announced request will not submit (bad input)."""
+        with self._lock:
+            self._arriving -= 1
+
+    def submit(self, tensor: np.ndarray, geometry: Geometry, times: StageTimes) -> Future[Result]:
+        future: Future[Result] = Future()
+        job = _Job(tensor, geometry, times, future)
+        with self._lock:
+            self._arriving -= 1
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise OverloadedError(f"{self._queue.maxsize} requests already waiting") from None
+        return future
+
+    def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
+        jobs = [first]
+        deadline = time.perf_counter() + self.max_wait_s
+        while len(jobs) < self.max_size:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0 or self._arriving <= 0:
+                    break
+                try:
+                    job = self._queue.get(timeout=min(remaining, 0.0005))
+                except queue.Empty:
+                    continue
+            if job is None:
+                return jobs, True
+            jobs.append(job)
+        return jobs, False
+
+    def _loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            jobs, stopping = self._collect(first)
+            self._run(jobs)
+        # Drain whatever arrived after the stop marker so no caller waits forever.
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                self._run([job])
+
+    def _run(self, jobs: list[_Job]) -> None:
+        n = len(jobs)
+        try:
+            batch = np.stack([j.tensor for j in jobs])
+            t0 = time.perf_counter()
+            outputs = self.model.run(batch)
+            infer = time.perf_counter() - t0
+        except Exception as exc:
+            log.exception("model %s: inference failed for a batch of %d", self.model.spec.name, n)
+            for j in jobs:
+                j.future.set_exception(exc)
+            return
+        self._infer_hist.observe(infer)
+        self._batch_hist.observe(n)
+        for i, j in enumerate(jobs):
+            times = StageTimes(j.times.decode, j.times.preprocess, infer)
+            try:
+                j.future.set_result(self.model.finish(outputs, i, j.geometry, times, n))
+            except Exception as exc:
+                log.exception("model %s: postprocessing failed", self.model.spec.name)
+                j.future.set_exception(exc)

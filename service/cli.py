@@ -1,0 +1,211 @@
+"""The command line: serve, predict, models inspect, config validate / schema.
+
+Startup errors exit non-zero with one clear line (no traceback): a user at a terminal on the
+line needs the reason, not the stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from service import __version__
+from service.config import ConfigError, Settings, json_schema, load_settings
+
+log = logging.getLogger("service")
+EXIT_USAGE = 2
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(message: str) -> int:
+    print(f"lineinspect: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config, os.environ)
+    overrides: dict[str, object] = {}
+    if getattr(args, "host", None):
+        overrides["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        overrides["port"] = args.port
+    if overrides:
+        settings = settings.model_copy(update={"api": settings.api.model_copy(update=overrides)})
+    return settings
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from service.api.server import create_app, uvicorn_config
+    from service.app import LineInspect
+
+    settings = _settings(args)
+    _setup_logging(settings.logging.level)
+    service = LineInspect(settings)
+    t0 = time.perf_counter()
+    try:
+        service.start()
+    except Exception as exc:
+        return _fail(f"cannot start: {exc}")
+    log.info("models ready in %.1f s: %s", time.perf_counter() - t0, ", ".join(service.models))
+    import uvicorn
+
+    server = uvicorn.Server(
+        uvicorn_config(create_app(service), settings.api.host, settings.api.port)
+    )
+    base = f"http://{settings.api.host}:{settings.api.port}"
+    log.info(
+        "serving on %s — POST %s/v1/predict, docs %s/docs, metrics %s/metrics",
+        base, base, base, base,
+    )  # fmt: skip
+    try:
+        server.run()
+    finally:
+        service.stop()
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from service.api.schemas import predict_response
+    from service.imageio import ImageError, decode_image
+    from service.inference.model import load_model
+    from service.inference.runtime import RuntimeOptions
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    options = RuntimeOptions(warmup_runs=1)
+    try:
+        model = load_model(args.model, options, args.card)
+    except Exception as exc:
+        return _fail(f"cannot load {args.model}: {exc}")
+    failures = 0
+    for path in args.images:
+        try:
+            image = decode_image(path.read_bytes(), args.max_pixels)
+        except (OSError, ImageError) as exc:
+            failures += 1
+            print(json.dumps({"image": str(path), "error": str(exc)}), flush=True)
+            continue
+        result = model.predict([image])[0]
+        body = predict_response(result, path.name).model_dump(mode="json")
+        print(json.dumps({"image": str(path), **body}), flush=True)
+    return 1 if failures else 0
+
+
+def cmd_models_inspect(args: argparse.Namespace) -> int:
+    from service.api.models import describe
+    from service.inference.model import load_model
+    from service.inference.runtime import RuntimeOptions
+
+    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
+    try:
+        model = load_model(args.model, RuntimeOptions(warmup_runs=1), args.card)
+    except Exception as exc:
+        print(f"{args.model}: cannot be served: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    info = describe(model)
+    if args.json:
+        print(info.model_dump_json(indent=2))
+        return 0
+    s = model.spec
+    rows = [
+        ("model", f"{info.name} {info.version}"),
+        ("file", f"{s.path} (sha256 {info.sha256})"),
+        ("task", info.task),
+        ("layout", info.layout or "-"),
+        ("classes", f"{len(info.classes)}: {', '.join(info.classes)}"),
+        ("good classes", ", ".join(info.good_classes) or "-"),
+        ("input", f"{info.input_name} {info.input_size[0]}x{info.input_size[1]} {info.color}, "
+                  f"{info.resize}, batch {info.batch or 'dynamic'}"),
+        ("normalise", f"x*{s.preprocess.scale:.6g} - {s.preprocess.mean} / {s.preprocess.std}"),
+        ("outputs", ", ".join(f"{k} {v}" for k, v in info.output_shapes.items())),
+        ("providers", ", ".join(info.providers)),
+    ]  # fmt: skip
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    print("detected from:")
+    for key, value in info.sources.items():
+        print(f"  {key:<{width}}  {value}")
+    for warning in info.warnings:
+        print(f"warning: {warning}")
+    return 0
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.file, os.environ)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    api = settings.api
+    print(f"{args.file}: OK ({len(settings.models)} model(s), api on {api.host}:{api.port})")
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lineinspect", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lineinspect {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--config", type=Path, help="YAML config (default: built-in defaults)")
+    serve.add_argument("--host", help="override api.host")
+    serve.add_argument("--port", type=int, help="override api.port")
+    serve.set_defaults(func=cmd_serve)
+
+    predict = sub.add_parser("predict", help="judge image files, one JSON line each")
+    predict.add_argument("--model", type=Path, required=True, help="ONNX model")
+    predict.add_argument("--card", type=Path, help="model card (default: next to the model)")
+    predict.add_argument("--max-pixels", type=int, default=100_000_000, help="largest image")
+    predict.add_argument("images", type=Path, nargs="+")
+    predict.set_defaults(func=cmd_predict)
+
+    models = sub.add_parser("models", help="model tools").add_subparsers(
+        dest="models_cmd", required=True
+    )
+    inspect = models.add_parser("inspect", help="show how a model would be served, or why not")
+    inspect.add_argument("model", type=Path)
+    inspect.add_argument("--card", type=Path, help="model card (default: next to the model)")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.set_defaults(func=cmd_models_inspect)
+
+    config = sub.add_parser("config", help="configuration tools").add_subparsers(
+        dest="config_cmd", required=True
+    )
+    validate = config.add_parser(
+        "validate", help="check a config file (and LINEINSPECT__* overrides)"
+    )
+    validate.add_argument("file", type=Path)
+    validate.set_defaults(func=cmd_config_validate)
+    schema = config.add_parser("schema", help="print the configuration's JSON schema")
+    schema.set_defaults(func=cmd_config_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return code

@@ -1,0 +1,236 @@
+"""Typed settings: a YAML file, overridden by `LINEINSPECT__SECTION__KEY` environment variables.
+
+Unknown keys are rejected, and every error names where the bad value came from: the file and
+line, or the environment variable. The environment is passed in, never read at import time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from service.inference.card import ThresholdSpec
+from service.inference.runtime import DEFAULT_PREFERENCE
+
+ENV_PREFIX = "LINEINSPECT__"
+DEFAULT_MODEL = Path("models/neu-cls-demo.onnx")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be loaded; the message says where and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelConfig(_Section):
+    path: Path = Field(
+        DEFAULT_MODEL, description="ONNX model file (relative to the working directory)."
+    )
+    card: Path | None = Field(
+        None, description="Model card; default: `<model stem>.card.yaml` next to the model."
+    )
+    thresholds: ThresholdSpec | None = Field(
+        None, description="Thresholds that replace the card's at start-up (optional)."
+    )
+
+
+class RuntimeConfig(_Section):
+    providers: list[str] = Field(
+        list(DEFAULT_PREFERENCE),
+        description="Execution providers in order of preference; those this ONNX Runtime build "
+        "lacks are skipped, CPU is always the last resort.",
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="Threads inside one operator; 0 = ONNX Runtime's default."
+    )
+    inter_op_threads: int = Field(0, ge=0, description="Threads across operators; 0 = default.")
+    device_id: int = Field(0, ge=0, description="GPU index for CUDA / TensorRT.")
+    tensorrt_cache_dir: Path | None = Field(
+        Path("var/trt-cache"),
+        description="Where TensorRT keeps built engines, so a restart does not rebuild them.",
+    )
+    tensorrt_fp16: bool = Field(True, description="Let TensorRT use FP16 kernels.")
+    warmup_runs: int = Field(
+        3, ge=0, description="Inferences on a blank image before the service reports ready."
+    )
+
+
+class BatchConfig(_Section):
+    max_size: int = Field(
+        8, ge=1, le=256, description="Most HTTP requests merged into one inference batch."
+    )
+    max_wait_ms: float = Field(
+        2.0,
+        ge=0.0,
+        le=1000.0,
+        description="How long the first request of a batch waits for others to join.",
+    )
+
+
+class ApiConfig(_Section):
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
+    port: int = Field(8080, ge=0, le=65535, description="HTTP port (0 picks a free one).")
+    token: SecretStr | None = Field(
+        None, description="Bearer token; when set, mutating routes require it."
+    )
+    require_token_for_predict: bool = Field(
+        False, description="Also require the token on /v1/predict."
+    )
+    max_body_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, description="Larger request bodies get 413."
+    )
+    max_image_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="Images whose header declares more pixels are refused before decoding (413).",
+    )
+    docs: bool = Field(True, description="Serve OpenAPI docs at /docs and /openapi.json.")
+    batch: BatchConfig = Field(default_factory=BatchConfig, description="Micro-batching.")
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+
+class Settings(BaseSettings):
+    """lineinspect configuration. Load with `load_settings`, not by instantiating directly."""
+
+    model_config = SettingsConfigDict(extra="forbid", validate_default=True)
+
+    models: list[ModelConfig] = Field(
+        default_factory=lambda: [ModelConfig()],
+        min_length=1,
+        description="Models to serve; the first is the default for requests that name none.",
+    )
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="ONNX Runtime.")
+    api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP API.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+
+    @field_validator("models")
+    @classmethod
+    def _unique_paths(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        paths = [str(m.path) for m in models]
+        dupes = sorted({p for p in paths if paths.count(p) > 1})
+        if dupes:
+            raise ValueError(f"model listed twice: {dupes}")
+        return models
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Sources are merged explicitly by load_settings (YAML, then the injected environment).
+        return (init_settings,)
+
+
+Loc = tuple[str | int, ...]
+
+
+def _yaml_lines(node: yaml.Node | None, loc: Loc, out: dict[Loc, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = (*loc, str(key.value))
+            out[child] = key.start_mark.line + 1
+            _yaml_lines(value, child, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            out[(*loc, i)] = value.start_mark.line + 1
+            _yaml_lines(value, (*loc, i), out)
+
+
+def _set(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node: Any = tree
+    for i, seg in enumerate(path):
+        last = i == len(path) - 1
+        key: str | int = int(seg) if seg.isdigit() and isinstance(node, list) else seg
+        if isinstance(node, list):
+            if not isinstance(key, int) or key > len(node):
+                raise ConfigError(f"list index {seg!r} out of range in {'__'.join(path)}")
+            if key == len(node):
+                node.append({})
+        if last:
+            node[key] = value
+            return
+        if isinstance(node, dict) and not isinstance(node.get(key), dict | list):
+            node[key] = {}
+        node = node[key]
+
+
+def _env_value(raw: str) -> Any:
+    # JSON for structures; scalars stay strings and are coerced by the field's type.
+    if raw.strip()[:1] in ("[", "{"):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """YAML file (optional) + `LINEINSPECT__...` overrides from `environ` -> validated Settings."""
+    data: dict[str, Any] = {}
+    origin: dict[Loc, str] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        data = loaded or {}
+        lines: dict[Loc, int] = {}
+        _yaml_lines(node, (), lines)
+        origin = {loc: f"{path}:{line}" for loc, line in lines.items()}
+    for name, raw in sorted((environ or {}).items()):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        segments = [s.lower() for s in name[len(ENV_PREFIX) :].split("__") if s]
+        if not segments:
+            continue
+        _set(data, segments, _env_value(raw))
+        origin[tuple(int(s) if s.isdigit() else s for s in segments)] = (
+            f"environment variable {name}"
+        )
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, origin, source)) from None
+
+
+def _explain(exc: ValidationError, origin: Mapping[Loc, str], source: str) -> str:
+    problems = []
+    for err in exc.errors():
+        loc: Loc = tuple(err["loc"])
+        where = source
+        for n in range(len(loc), 0, -1):  # the deepest location we know a line for
+            if loc[:n] in origin:
+                where = origin[loc[:n]]
+                break
+        dotted = ".".join(str(p) for p in loc) or "<top level>"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        problems.append(f"{where}: {dotted}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(problems)
+
+
+def json_schema() -> dict[str, Any]:
+    return Settings.model_json_schema()

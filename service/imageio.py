@@ -1,0 +1,148 @@
+"""Decode untrusted image bytes safely: sniff the format, read the declared size from the header
+before decoding (decompression bombs), refuse truncated files instead of decoding grey filler.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import cv2
+import numpy as np
+
+from service.inference.preprocess import UInt8Image
+
+FORMATS = ("jpeg", "png", "bmp")
+MEDIA_TYPES = {
+    "image/jpeg": "jpeg",
+    "image/jpg": "jpeg",
+    "image/png": "png",
+    "image/bmp": "bmp",
+    "image/x-bmp": "bmp",
+    "image/x-ms-bmp": "bmp",
+}
+GENERIC_MEDIA_TYPES = ("application/octet-stream",)
+
+
+class ImageError(ValueError):
+    """Bytes that are not a usable image. `status` is the HTTP status a client should get."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def sniff(data: bytes) -> str | None:
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:2] == b"BM":
+        return "bmp"
+    return None
+
+
+def _other_format(data: bytes) -> str | None:
+    for magic, name in (
+        (b"GIF8", "GIF"),
+        (b"II*\x00", "TIFF"),
+        (b"MM\x00*", "TIFF"),
+        (b"RIFF", "WebP/RIFF"),
+        (b"%PDF", "PDF"),
+        (b"\x00\x00\x00\x0cjP", "JPEG 2000"),
+    ):
+        if data.startswith(magic):
+            return name
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            raise ImageError("corrupt JPEG: bad marker structure")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if length < 2:
+            raise ImageError("corrupt JPEG: bad segment length")
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            if i + 9 > n:
+                break
+            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+            return h, w
+        if marker == 0xDA:  # start of scan before any frame header
+            raise ImageError("corrupt JPEG: no frame header before the image data")
+        i += 2 + length
+    raise ImageError("truncated JPEG: it ends before its frame header")
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        raise ImageError("corrupt PNG: no IHDR header")
+    w, h = struct.unpack(">II", data[16:24])
+    return h, w
+
+
+def _bmp_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 26:
+        raise ImageError("truncated BMP: header incomplete")
+    (header_size,) = struct.unpack("<I", data[14:18])
+    if header_size == 12:
+        w, h = struct.unpack("<HH", data[18:22])
+    else:
+        w, h = struct.unpack("<ii", data[18:26])
+    return abs(h), abs(w)
+
+
+def header_size(data: bytes, fmt: str) -> tuple[int, int]:
+    """(height, width) as the header declares them."""
+    return {"jpeg": _jpeg_size, "png": _png_size, "bmp": _bmp_size}[fmt](data)
+
+
+def _check_complete(data: bytes, fmt: str) -> None:
+    # libjpeg and libpng pad a truncated image with grey and return it; a missing end marker
+    # means the inspection would run on pixels that were never captured.
+    if fmt == "jpeg" and b"\xff\xd9" not in data[-64:]:
+        raise ImageError("truncated JPEG: no end-of-image marker")
+    if fmt == "png" and b"IEND" not in data[-32:]:
+        raise ImageError("truncated PNG: no IEND chunk")
+    if fmt == "bmp" and len(data) >= 6:
+        (declared,) = struct.unpack("<I", data[2:6])
+        if declared and len(data) < declared:
+            raise ImageError(f"truncated BMP: {len(data)} of {declared} bytes")
+
+
+def decode_image(data: bytes, max_pixels: int, declared_format: str | None = None) -> UInt8Image:
+    """Bytes -> BGR uint8 image (H, W, 3), or ImageError with a reason and an HTTP status."""
+    if not data:
+        raise ImageError("empty body: no image bytes were sent")
+    fmt = sniff(data)
+    if fmt is None:
+        other = _other_format(data)
+        if other:
+            raise ImageError(f"unsupported image format {other}: send JPEG, PNG or BMP", 415)
+        raise ImageError("not an image: the bytes are not JPEG, PNG or BMP")
+    del declared_format  # the bytes decide; a mislabelled but valid image is still decoded
+    h, w = header_size(data, fmt)
+    if h <= 0 or w <= 0:
+        raise ImageError(f"corrupt {fmt.upper()}: declared size {w}x{h}")
+    if h * w > max_pixels:
+        raise ImageError(
+            f"image too large: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}", 413
+        )
+    _check_complete(data, fmt)
+    buf = np.frombuffer(data, np.uint8)
+    # Line cameras do not rotate: EXIF orientation would only swap the axes of the boxes.
+    image = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        raise ImageError(f"corrupt {fmt.upper()}: the decoder could not read it")
+    if image.shape[:2] != (h, w):
+        raise ImageError(
+            f"corrupt {fmt.upper()}: header says {w}x{h}, decoded {image.shape[1]}x{image.shape[0]}"
+        )
+    return image

@@ -1,0 +1,254 @@
+"""A served model: one ONNX Runtime session, its resolved spec, and its live decision policy.
+
+`preprocess` -> `run` (batched) -> `postprocess` -> `decide` are separate so the HTTP path can
+micro-batch `run` across requests and the line can overlap the stages; `predict` chains them for
+the in-process path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service import decision as decide_mod
+from service.decision import DecisionPolicy
+from service.inference import yolo
+from service.inference.card import ModelCard, ThresholdSpec, card_path_for, load_card
+from service.inference.preprocess import Geometry, UInt8Image, preprocess
+from service.inference.registry import ModelSpec, resolve
+from service.inference.runtime import RuntimeOptions, create_session
+from service.types import (
+    AnomalyScore,
+    Decision,
+    Detections,
+    ModelIdentity,
+    Prediction,
+    StageTimes,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One image's full outcome: what the model saw, what was decided, and how long it took."""
+
+    model: ModelIdentity
+    prediction: Prediction
+    decision: Decision
+    times: StageTimes
+    batch_size: int = 1
+
+
+def make_policy(
+    spec: ModelSpec, thresholds: ThresholdSpec, good_classes: Iterable[str]
+) -> DecisionPolicy:
+    """Raises ValueError naming any unknown class or out-of-range value."""
+    return DecisionPolicy(
+        classes=spec.classes,
+        default_threshold=thresholds.default,
+        per_class=dict(thresholds.per_class),
+        band=thresholds.band,
+        per_class_band=dict(thresholds.per_class_band),
+        good_classes=frozenset(good_classes),
+        min_box_size=thresholds.min_box_size,
+    )
+
+
+def policy_from_card(spec: ModelSpec, card: ModelCard | None) -> DecisionPolicy:
+    if card is None:
+        return make_policy(spec, ThresholdSpec(), ())
+    return make_policy(spec, card.thresholds, card.good_classes)
+
+
+def thresholds_of(policy: DecisionPolicy) -> ThresholdSpec:
+    return ThresholdSpec(
+        default=policy.default_threshold,
+        per_class=dict(policy.per_class),
+        band=policy.band,
+        per_class_band=dict(policy.per_class_band),
+        min_box_size=policy.min_box_size,
+    )
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+class Model:
+    def __init__(
+        self, spec: ModelSpec, session: Any, policy: DecisionPolicy, card: ModelCard | None
+    ) -> None:
+        self.spec = spec
+        self.session = session
+        self.card = card
+        self.providers: list[str] = list(session.get_providers())
+        self.identity = ModelIdentity(spec.name, spec.version, spec.sha256, spec.task)
+        self._policy = policy
+        self._policy_lock = threading.Lock()
+        self.warmed = False
+
+    # -- policy: swapped whole, so a reader always sees one consistent set of thresholds
+    @property
+    def policy(self) -> DecisionPolicy:
+        return self._policy
+
+    def set_policy(self, policy: DecisionPolicy) -> None:
+        if policy.classes != self.spec.classes:
+            raise ValueError("a policy must keep the model's classes")
+        with self._policy_lock:
+            self._policy = policy
+        log.info("model %s: thresholds updated: %s", self.spec.name, policy)
+
+    @property
+    def max_batch(self) -> int | None:
+        """Largest batch one `session.run` may take; None when the batch axis is dynamic."""
+        return self.spec.fixed_batch
+
+    # -- stages
+    def preprocess(self, image: UInt8Image) -> tuple[np.ndarray, Geometry]:
+        return preprocess(image, self.spec.preprocess)
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Raw outputs for a (B, C, H, W) batch; splits it where the batch axis is fixed."""
+        fixed = self.spec.fixed_batch
+        if fixed is None or batch.shape[0] == fixed:
+            return list(self.session.run(None, {self.spec.input_name: batch}))
+        if fixed != 1:
+            raise ValueError(f"model takes batches of exactly {fixed}, got {batch.shape[0]}")
+        parts = [
+            self.session.run(None, {self.spec.input_name: batch[i : i + 1]})
+            for i in range(len(batch))
+        ]
+        return [np.concatenate(outs, axis=0) for outs in zip(*parts, strict=True)]
+
+    def postprocess(
+        self, outputs: list[np.ndarray], index: int, geometry: Geometry, policy: DecisionPolicy
+    ) -> Prediction:
+        spec = self.spec
+        if spec.task == "detect":
+            assert spec.layout is not None
+            raw = np.asarray(outputs[0][index], dtype=np.float32)
+            boxes, conf, cls = yolo.detect(
+                raw,
+                spec.layout,
+                len(spec.classes),
+                policy.confidence_floor(),
+                spec.nms_iou,
+                spec.max_detections,
+            )
+            dets = Detections(geometry.to_original(boxes), conf, cls)
+            return Prediction("detect", geometry.image_size, detections=dets)
+        if spec.task == "classify":
+            row = np.asarray(outputs[0][index], dtype=np.float32)
+            probs = row if spec.output_kind == "probabilities" else softmax(row)
+            return Prediction("classify", geometry.image_size, probabilities=probs)
+        names = [o.name for o in self.session.get_outputs()]
+        raw_score = float(np.asarray(outputs[names.index(spec.score_output)][index]).reshape(-1)[0])
+        amap = None
+        if spec.map_output is not None:
+            amap = np.asarray(outputs[names.index(spec.map_output)][index], np.float32).squeeze()
+        return Prediction(
+            "anomaly",
+            geometry.image_size,
+            anomaly=AnomalyScore(
+                score=self.normalise(raw_score),
+                raw=raw_score,
+                map=None if amap is None else self.normalise_array(amap),
+            ),
+        )
+
+    def normalise(self, raw: float) -> float:
+        return float(self.normalise_array(np.float32(raw)))
+
+    def normalise_array(self, raw: Any) -> Any:
+        """Anomalib-style min-max normalisation that puts the calibrated threshold at 0.5."""
+        a = self.spec.anomaly
+        if a is None:
+            return raw
+        return np.clip((raw - a.threshold) / (a.max - a.min) + 0.5, 0.0, 1.0)
+
+    @staticmethod
+    def decide(prediction: Prediction, policy: DecisionPolicy) -> Decision:
+        if prediction.detections is not None:
+            return decide_mod.decide_detections(prediction.detections, policy)
+        if prediction.probabilities is not None:
+            return decide_mod.decide_classification(prediction.probabilities, policy)
+        assert prediction.anomaly is not None
+        return decide_mod.decide_anomaly(prediction.anomaly, policy)
+
+    def finish(
+        self,
+        outputs: list[np.ndarray],
+        index: int,
+        geometry: Geometry,
+        times: StageTimes,
+        batch_size: int,
+    ) -> Result:
+        """Postprocess and decide one image of a batch that has run."""
+        policy = self.policy  # one snapshot for both steps
+        t0 = time.perf_counter()
+        prediction = self.postprocess(outputs, index, geometry, policy)
+        t1 = time.perf_counter()
+        decision = self.decide(prediction, policy)
+        t2 = time.perf_counter()
+        times = StageTimes(times.decode, times.preprocess, times.infer, t1 - t0, t2 - t1)
+        return Result(self.identity, prediction, decision, times, batch_size)
+
+    def predict(self, images: list[UInt8Image]) -> list[Result]:
+        """The in-process path: a list of decoded BGR images -> one Result each, one batch."""
+        if not images:
+            return []
+        t0 = time.perf_counter()
+        prepared = [self.preprocess(img) for img in images]
+        t1 = time.perf_counter()
+        batch = np.stack([p[0] for p in prepared])
+        outputs = self.run(batch)
+        t2 = time.perf_counter()
+        n = len(images)
+        times = StageTimes(preprocess=(t1 - t0) / n, infer=(t2 - t1) / n)
+        return [self.finish(outputs, i, g, times, n) for i, (_, g) in enumerate(prepared)]
+
+    def warmup(self, runs: int) -> None:
+        h, w = self.spec.preprocess.size
+        image = np.full((h, w, 3), 114, np.uint8)
+        for _ in range(max(runs, 0)):
+            self.predict([image])
+        self.warmed = True
+
+
+def load_model(
+    path: Path, options: RuntimeOptions | None = None, card_path: Path | None = None
+) -> Model:
+    """Load, resolve and warm a model; raises FileNotFoundError, CardError or ModelError."""
+    options = options or RuntimeOptions()
+    card_file = card_path or card_path_for(path)
+    card = load_card(card_file) if card_file.is_file() else None
+    if card_path is not None and card is None:
+        raise FileNotFoundError(f"model card not found: {card_path}")
+    session = create_session(path, options)
+    spec = resolve(path, session, card)
+    for warning in spec.warnings:
+        log.warning("model %s: %s", path.name, warning)
+    model = Model(spec, session, policy_from_card(spec, card), card)
+    model.warmup(options.warmup_runs)
+    log.info(
+        "model %s %s ready: task=%s layout=%s classes=%d input=%s providers=%s",
+        spec.name,
+        spec.version,
+        spec.task,
+        spec.layout,
+        len(spec.classes),
+        spec.preprocess.size,
+        model.providers,
+    )
+    return model

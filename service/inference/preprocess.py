@@ -1,0 +1,120 @@
+"""Image -> input tensor, and the inverse mapping of boxes back to original pixels.
+
+The letterbox reproduces Ultralytics' `LetterBox` (centred, pad 114, INTER_LINEAR, the same
+rounding of the padding), because a served detector must see the pixels it was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from service.inference.card import ColorOrder, ResizeMode
+
+UInt8Image = npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    size: tuple[int, int]  # (height, width) of the model input
+    resize: ResizeMode
+    color: ColorOrder
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    pad_value: int = 114
+    dtype: type[np.floating] = np.float32
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "gray" else 3
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How input-tensor pixels map to the original image: original = (input - pad) / scale."""
+
+    image_size: tuple[int, int]  # original (height, width)
+    scale_x: float
+    scale_y: float
+    pad_x: float
+    pad_y: float
+
+    def to_original(self, xyxy: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        out = np.empty_like(xyxy)
+        h, w = self.image_size
+        out[:, [0, 2]] = ((xyxy[:, [0, 2]] - self.pad_x) / self.scale_x).clip(0, w)
+        out[:, [1, 3]] = ((xyxy[:, [1, 3]] - self.pad_y) / self.scale_y).clip(0, h)
+        return out
+
+
+def letterbox(
+    image: UInt8Image, size: tuple[int, int], pad_value: int = 114
+) -> tuple[UInt8Image, Geometry]:
+    h, w = image.shape[:2]
+    new_h, new_w = size
+    r = min(new_h / h, new_w / w)
+    unpad_w, unpad_h = round(w * r), round(h * r)
+    dw, dh = (new_w - unpad_w) / 2, (new_h - unpad_h) / 2
+    if (w, h) != (unpad_w, unpad_h):
+        image = cv2.resize(image, (unpad_w, unpad_h), interpolation=cv2.INTER_LINEAR)
+    top, bottom = round(dh - 0.1), round(dh + 0.1)
+    left, right = round(dw - 0.1), round(dw + 0.1)
+    if top or bottom or left or right:
+        value = (pad_value,) * (image.shape[2] if image.ndim == 3 else 1)
+        image = cv2.copyMakeBorder(
+            image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=value
+        )
+    return image, Geometry((h, w), r, r, float(left), float(top))
+
+
+def stretch(image: UInt8Image, size: tuple[int, int]) -> tuple[UInt8Image, Geometry]:
+    h, w = image.shape[:2]
+    new_h, new_w = size
+    if (h, w) != (new_h, new_w):
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    return image, Geometry((h, w), new_w / w, new_h / h, 0.0, 0.0)
+
+
+def center_crop(image: UInt8Image, size: tuple[int, int]) -> tuple[UInt8Image, Geometry]:
+    """Resize so the image covers `size`, then crop the centre (torchvision/Ultralytics style)."""
+    h, w = image.shape[:2]
+    new_h, new_w = size
+    r = max(new_h / h, new_w / w)
+    rh, rw = max(new_h, round(h * r)), max(new_w, round(w * r))
+    if (h, w) != (rh, rw):
+        image = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_LINEAR)
+    top, left = (rh - new_h) // 2, (rw - new_w) // 2
+    image = image[top : top + new_h, left : left + new_w]
+    return image, Geometry((h, w), r, r, -float(left), -float(top))
+
+
+def preprocess(
+    image: UInt8Image, spec: PreprocessSpec
+) -> tuple[npt.NDArray[np.floating], Geometry]:
+    """A decoded BGR (or grey) uint8 image -> a (C, H, W) tensor and its geometry."""
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if spec.resize == "letterbox":
+        image, geom = letterbox(image, spec.size, spec.pad_value)
+    elif spec.resize == "center_crop":
+        image, geom = center_crop(image, spec.size)
+    else:
+        image, geom = stretch(image, spec.size)
+    if spec.color == "rgb":
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    elif spec.color == "gray":
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[:, :, None]
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1)).astype(np.float32)
+    # (x * scale - mean) / std folded into one multiply-add per channel.
+    n = spec.channels
+    mean = np.asarray(spec.mean[:n], np.float32).reshape(n, 1, 1)
+    std = np.asarray(spec.std[:n], np.float32).reshape(n, 1, 1)
+    gain = np.float32(spec.scale) / std
+    chw *= gain
+    if np.any(mean):
+        chw -= mean / std
+    return chw.astype(spec.dtype, copy=False), geom

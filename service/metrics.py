@@ -1,0 +1,155 @@
+"""Every Prometheus metric the service exports, defined in one place on one registry.
+
+Conventions: `lineinspect_` prefix, base units (seconds), counters end in `_total`, labels are
+bounded (model names, class names, verdicts, stages, routes) — never a frame or request id.
+"""
+
+from __future__ import annotations
+
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from service.types import Verdict
+
+if TYPE_CHECKING:
+    from service.inference.model import Result
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
+    0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+CONFIDENCE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def _package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class Metrics:
+    """One instance per running service; tests make their own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.build_info = Gauge(
+            "lineinspect_build_info",
+            "Build information; the value is always 1.",
+            ["version", "python", "onnxruntime"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "lineinspect_model_info",
+            "Loaded models; the value is always 1.",
+            ["model", "version", "sha256", "task", "layout", "provider"],
+            registry=r,
+        )
+        self.model_ready = Gauge(
+            "lineinspect_model_ready",
+            "1 when the model is loaded and warmed up.",
+            ["model"],
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "lineinspect_inference_duration_seconds",
+            "Time of one ONNX Runtime session.run call (one batch).",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "lineinspect_inference_batch_size",
+            "Images per session.run call.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.stage_duration = Histogram(
+            "lineinspect_stage_duration_seconds",
+            "Per-image time spent in each stage (decode, preprocess, infer, postprocess, decide).",
+            ["model", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.predictions = Counter(
+            "lineinspect_predictions_total",
+            "Images judged, by verdict.",
+            ["model", "verdict"],
+            registry=r,
+        )
+        self.class_confidence = Histogram(
+            "lineinspect_class_confidence",
+            "Confidence of each detection / class score / anomaly score, by class.",
+            ["model", "class"],
+            buckets=CONFIDENCE_BUCKETS,
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "lineinspect_http_requests_total",
+            "HTTP requests answered, by route template and status code.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "lineinspect_http_request_duration_seconds",
+            "HTTP request handling time, by route template.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rejected_inputs = Counter(
+            "lineinspect_rejected_inputs_total",
+            "Client inputs refused, by reason (too_large, bad_image, media_type, ...).",
+            ["reason"],
+            registry=r,
+        )
+        self.threshold_updates = Counter(
+            "lineinspect_threshold_updates_total",
+            "Runtime threshold changes.",
+            ["model"],
+            registry=r,
+        )
+        try:
+            import onnxruntime
+
+            ort_version = onnxruntime.__version__
+        except Exception:  # a broken install is reported by the loader, not here
+            ort_version = "unavailable"
+        self.build_info.labels(
+            _package_version("lineinspect"), platform.python_version(), ort_version
+        ).set(1)
+
+    def init_model(self, name: str, classes: tuple[str, ...]) -> None:
+        """Create a model's series at zero so dashboards show them before the first image."""
+        for verdict in Verdict:
+            self.predictions.labels(name, verdict.value)
+        for cls in classes:
+            self.class_confidence.labels(name, cls)
+
+    def observe(self, result: Result) -> None:
+        """Count one judged image: verdict, stage times, confidences."""
+        name = result.model.name
+        self.predictions.labels(name, result.decision.verdict.value).inc()
+        t = result.times
+        for stage, seconds in (
+            ("decode", t.decode),
+            ("preprocess", t.preprocess),
+            ("infer", t.infer),
+            ("postprocess", t.postprocess),
+            ("decide", t.decide),
+        ):
+            self.stage_duration.labels(name, stage).observe(seconds)
+        p = result.prediction
+        if p.task == "classify":
+            # The winning class's probability: its histogram is the confidence-drift signal.
+            top = max(result.decision.findings, key=lambda f: f.confidence)
+            self.class_confidence.labels(name, top.class_name).observe(top.confidence)
+        else:
+            for f in result.decision.findings:
+                self.class_confidence.labels(name, f.class_name).observe(f.confidence)
