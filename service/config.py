@@ -165,7 +165,7 @@ def _set(tree: dict[str, Any], path: list[str], value: Any) -> None:
             node[key] = value
             return
         if isinstance(node, dict) and not isinstance(node.get(key), dict | list):
-            node[key] = {}
+            node[key] = [] if path[i + 1].isdigit() else {}
         node = node[key]
 
 

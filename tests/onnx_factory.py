@@ -110,12 +110,12 @@ def anomaly_model(
 ) -> Path:
     """score = mean of the input tensor (batch, 1); map = channel mean (batch, 1, H, W)."""
     nodes = [
-        helper.make_node("ReduceMean", ["images", "axes"], ["pred_score"], keepdims=0),
+        helper.make_node("ReduceMean", ["images"], ["pred_score"], axes=[1, 2, 3], keepdims=0),
     ]
     outputs = [helper.make_tensor_value_info("pred_score", TensorProto.FLOAT, ["batch"])]
     if with_map:
         nodes.append(
-            helper.make_node("ReduceMean", ["images", "caxis"], ["anomaly_map"], keepdims=1)
+            helper.make_node("ReduceMean", ["images"], ["anomaly_map"], axes=[1], keepdims=1)
         )
         outputs.append(
             helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["batch", 1, *size])
@@ -125,10 +125,6 @@ def anomaly_model(
         "anomaly",
         [_input("images", None, 3, size)],
         outputs,
-        initializer=[
-            numpy_helper.from_array(np.array([1, 2, 3], np.int64), "axes"),
-            numpy_helper.from_array(np.array([1], np.int64), "caxis"),
-        ],
     )
     return _save(graph, path, metadata)
 
