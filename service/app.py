@@ -38,8 +38,8 @@ class LineInspect:
     started: bool = False
 
     @property
-    def default_model(self) -> str:
-        return next(iter(self.models))
+    def default_model(self) -> str | None:
+        return next(iter(self.models), None)
 
     @property
     def ready(self) -> bool:

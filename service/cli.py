@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -70,10 +71,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "serving on %s — POST %s/v1/predict, docs %s/docs, metrics %s/metrics",
         base, base, base, base,
     )  # fmt: skip
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler it
+    # found: with the default one the process would die before the components stop in order.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         server.run()
     finally:
         service.stop()
+        log.info("stopped")
     return 0
 
 
@@ -95,11 +100,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             image = decode_image(path.read_bytes(), args.max_pixels)
         except (OSError, ImageError) as exc:
             failures += 1
-            print(json.dumps({"image": str(path), "error": str(exc)}), flush=True)
+            print(json.dumps({"file": str(path), "error": str(exc)}), flush=True)
             continue
         result = model.predict([image])[0]
         body = predict_response(result, path.name).model_dump(mode="json")
-        print(json.dumps({"image": str(path), **body}), flush=True)
+        print(json.dumps({"file": str(path), **body}), flush=True)
     return 1 if failures else 0
 
 

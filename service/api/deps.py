@@ -47,8 +47,10 @@ def predict_token(service: Service, credentials: Credentials) -> None:
 
 
 def find_model(service: LineInspect, name: str | None) -> Model:
+    if not service.ready:
+        raise HTTPException(503, "not ready: models are loading or the service is stopping")
     if name is None:
-        return service.models[service.default_model]
+        name = service.default_model
     if name not in service.models:
         raise HTTPException(404, f"no model named {name!r}; loaded: {sorted(service.models)}")
     return service.models[name]

@@ -119,9 +119,7 @@ async def predict(
 ) -> PredictResponse:
     metrics, api = service.metrics, service.settings.api
     target = find_model(service, model)
-    batcher = service.batchers.get(target.spec.name)
-    if batcher is None or not service.ready:
-        raise HTTPException(503, "not ready: models are loading or the service is stopping")
+    batcher = service.batchers[target.spec.name]
     media = request.headers.get("content-type", "application/octet-stream").split(";")[0]
     media = media.strip().lower()
     if (

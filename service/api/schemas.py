@@ -164,7 +164,7 @@ class ModelDescription(BaseModel):
 
 
 class ModelsResponse(BaseModel):
-    default: str
+    default: str | None
     models: list[ModelDescription]
 
 

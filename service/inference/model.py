@@ -81,7 +81,8 @@ def thresholds_of(policy: DecisionPolicy) -> ThresholdSpec:
 def softmax(x: np.ndarray) -> np.ndarray:
     z = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    out: np.ndarray = (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return out
 
 
 class Model:
@@ -122,7 +123,8 @@ class Model:
         """Raw outputs for a (B, C, H, W) batch; splits it where the batch axis is fixed."""
         fixed = self.spec.fixed_batch
         if fixed is None or batch.shape[0] == fixed:
-            return list(self.session.run(None, {self.spec.input_name: batch}))
+            outputs: list[np.ndarray] = self.session.run(None, {self.spec.input_name: batch})
+            return outputs
         if fixed != 1:
             raise ValueError(f"model takes batches of exactly {fixed}, got {batch.shape[0]}")
         parts = [

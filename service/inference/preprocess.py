@@ -7,6 +7,7 @@ rounding of the padding), because a served detector must see the pixels it was t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -14,7 +15,8 @@ import numpy.typing as npt
 
 from service.inference.card import ColorOrder, ResizeMode
 
-UInt8Image = npt.NDArray[np.uint8]
+# Decoded uint8 BGR (or grey) pixels; typed loosely because OpenCV's stubs return any dtype.
+UInt8Image = npt.NDArray[Any]
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class PreprocessSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     pad_value: int = 114
-    dtype: type[np.floating] = np.float32
+    dtype: type[np.floating[Any]] = np.float32
 
     @property
     def channels(self) -> int:
@@ -94,7 +96,7 @@ def center_crop(image: UInt8Image, size: tuple[int, int]) -> tuple[UInt8Image, G
 
 def preprocess(
     image: UInt8Image, spec: PreprocessSpec
-) -> tuple[npt.NDArray[np.floating], Geometry]:
+) -> tuple[npt.NDArray[Any], Geometry]:
     """A decoded BGR (or grey) uint8 image -> a (C, H, W) tensor and its geometry."""
     if image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)

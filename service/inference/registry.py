@@ -24,7 +24,10 @@ UNSUPPORTED_TASKS = {
     "pose": "pose estimation",
     "obb": "oriented boxes",
 }
-INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+INPUT_TYPES: dict[str, type[np.floating[Any]]] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+}
 
 
 class ModelError(ValueError):

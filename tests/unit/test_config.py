@@ -40,7 +40,9 @@ def test_unknown_section_and_nested_list_item(tmp_path: Path) -> None:
 
 
 def test_bad_value_names_line(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r":2: api.port: Input should be less than or equal to 65535"):
+    with pytest.raises(
+        ConfigError, match=r":2: api.port: Input should be less than or equal to 65535"
+    ):
         load_settings(write(tmp_path, "api:\n  port: 70000\n"), {})
 
 
@@ -63,7 +65,9 @@ def test_environment_overrides_yaml(tmp_path: Path) -> None:
 
 
 def test_environment_errors_name_the_variable() -> None:
-    with pytest.raises(ConfigError, match="environment variable LINEINSPECT__API__PORTT: api.portt: unknown key"):
+    with pytest.raises(
+        ConfigError, match="environment variable LINEINSPECT__API__PORTT: api.portt: unknown key"
+    ):
         load_settings(None, {"LINEINSPECT__API__PORTT": "1"})
     with pytest.raises(ConfigError, match="environment variable LINEINSPECT__API__PORT: api.port"):
         load_settings(None, {"LINEINSPECT__API__PORT": "many"})

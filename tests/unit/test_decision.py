@@ -111,7 +111,12 @@ def test_classifier_without_good_classes_never_passes() -> None:
 
 @pytest.mark.parametrize(
     ("score", "verdict"),
-    [(0.3, Verdict.PASS), (0.45, Verdict.UNCERTAIN), (0.55, Verdict.UNCERTAIN), (0.7, Verdict.FAIL)],
+    [
+        (0.3, Verdict.PASS),
+        (0.45, Verdict.UNCERTAIN),
+        (0.55, Verdict.UNCERTAIN),
+        (0.7, Verdict.FAIL),
+    ],
 )
 def test_decide_anomaly(score: float, verdict: Verdict) -> None:
     policy = DecisionPolicy(classes=("anomaly",), band=0.1)

@@ -18,7 +18,12 @@ LIMIT = 40_000_000
 def png_header(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     chunk = b"IHDR" + ihdr
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(ihdr))
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+    )
 
 
 def test_real_jpeg_png_bmp_decode(neu_images: list[Path]) -> None:
@@ -56,10 +61,10 @@ def test_truncated_real_images_are_refused_not_padded(neu_images: list[Path]) ->
     with pytest.raises(ImageError, match="truncated JPEG"):
         decode_image(data[: len(data) // 2], LIMIT)
     image = decode_image(data, LIMIT)
-    ok, png = cv2.imencode(".png", image)
+    _, png = cv2.imencode(".png", image)
     with pytest.raises(ImageError, match="truncated PNG"):
         decode_image(png.tobytes()[:-40], LIMIT)
-    ok, bmp = cv2.imencode(".bmp", image)
+    _, bmp = cv2.imencode(".bmp", image)
     with pytest.raises(ImageError, match="truncated BMP"):
         decode_image(bmp.tobytes()[:-100], LIMIT)
 
@@ -71,6 +76,10 @@ def test_pixel_limit_checked_before_decoding(neu_images: list[Path]) -> None:
 
 
 def test_corrupt_body_with_valid_markers() -> None:
-    data = png_header(64, 64) + b"\x00\x00\x00\x00IDAT\x00\x00\x00\x00" + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+    data = (
+        png_header(64, 64)
+        + b"\x00\x00\x00\x00IDAT\x00\x00\x00\x00"
+        + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+    )
     with pytest.raises(ImageError, match="corrupt PNG"):
         decode_image(data, LIMIT)

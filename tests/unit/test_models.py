@@ -46,7 +46,11 @@ def boxes(model: Model, image: np.ndarray) -> list[tuple[str, float, list[float]
 
 def test_yolov8_layout_decodes_nms_and_maps_back(v8_detector: Path) -> None:
     model = load_model(v8_detector, FAST)
-    assert (model.spec.task, model.spec.layout, model.spec.classes) == ("detect", "yolov8", ("a", "b"))
+    assert (model.spec.task, model.spec.layout, model.spec.classes) == (
+        "detect",
+        "yolov8",
+        ("a", "b"),
+    )
     assert model.spec.fixed_batch is None
     assert boxes(model, WIDE) == [
         ("b", 0.95, [59.375, 109.375, 65.625, 115.625]),  # tiny box: 10 px in the input = 6.25 px
@@ -68,7 +72,9 @@ def test_min_box_size_ignores_the_tiny_box(v8_detector: Path, tmp_path: Path) ->
     assert result.decision.verdict is Verdict.FAIL
 
 
-def test_letterbox_inverse_on_real_non_square_tiles(tile_images: list[Path], tmp_path: Path) -> None:
+def test_letterbox_inverse_on_real_non_square_tiles(
+    tile_images: list[Path], tmp_path: Path
+) -> None:
     """For real magnetic-tile images of varying size, a box around the letterboxed content must
     map back to the whole image (independent arithmetic, not the service's Geometry)."""
     sizes_seen = set()
@@ -81,8 +87,12 @@ def test_letterbox_inverse_on_real_non_square_tiles(tile_images: list[Path], tmp
         left, top = round((640 - cw) / 2 - 0.1), round((640 - ch) / 2 - 0.1)
         out = np.zeros((5, 100), np.float32)  # 1 class
         out[:, 0] = [left + cw / 2, top + ch / 2, cw, ch, 0.9]
-        model_path = f.constant_model(tmp_path / f"tile_{h}x{w}.onnx", out, metadata=f.ultralytics_metadata(["defect"], (640, 640), "detect"))
-        (_, _, box), = boxes(load_model(model_path, FAST), image)
+        model_path = f.constant_model(
+            tmp_path / f"tile_{h}x{w}.onnx",
+            out,
+            metadata=f.ultralytics_metadata(["defect"], (640, 640), "detect"),
+        )
+        ((_, _, box),) = boxes(load_model(model_path, FAST), image)
         np.testing.assert_allclose(box, [0, 0, w, h], atol=0.5 / r + 1e-3)
     assert len(sizes_seen) >= 3, "the sample should cover several image sizes"
 
@@ -163,7 +173,9 @@ def softmax(x: list[float]) -> np.ndarray:
     return e / e.sum()
 
 
-def test_classifier_logits_softmaxed_in_rgb_order_per_image(models_dir: Path, tmp_path: Path) -> None:
+def test_classifier_logits_softmaxed_in_rgb_order_per_image(
+    models_dir: Path, tmp_path: Path
+) -> None:
     path = f.channel_mean_model(tmp_path / "cls.onnx")
     write_card(path, classes=["red", "green", "blue"], input={"mean": 0.5, "std": 0.5})
     model = load_model(path, FAST)
@@ -293,3 +305,21 @@ def test_session_reports_providers_actually_in_use(v8_detector: Path) -> None:
     assert model.providers == ["CPUExecutionProvider"]
     with pytest.raises(RuntimeSetupError, match="unknown execution providers"):
         load_model(v8_detector, RuntimeOptions(providers=("NoSuchExecutionProvider",)))
+
+
+def test_two_onnxruntime_packages_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.inference import runtime
+
+    # The real check, on this machine's real install: exactly one ORT wheel is present.
+    assert len(runtime.installed_ort_distributions()) == 1
+    # Installing both wheels here would break the test environment, so fake the metadata only.
+    versions = {"onnxruntime": "1.20.0", "onnxruntime-gpu": "1.20.0"}
+
+    def version(name: str) -> str:
+        if name in versions:
+            return versions[name]
+        raise runtime.importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(runtime.importlib.metadata, "version", version)
+    with pytest.raises(RuntimeSetupError, match="onnxruntime==1.20.0, onnxruntime-gpu==1.20.0"):
+        runtime.import_onnxruntime()

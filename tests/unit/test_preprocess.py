@@ -51,13 +51,17 @@ def test_inverse_mapping_round_trips_hand_computed_box() -> None:
     boxes = np.array([[240, 280, 400, 360]], np.float32)
     np.testing.assert_allclose(geom.to_original(boxes), [[150, 100, 250, 150]])
     # outside the content (in the padding) clips to the image
-    np.testing.assert_allclose(geom.to_original(np.array([[-5, 0, 700, 640]], np.float32)), [[0, 0, 400, 250]])
+    np.testing.assert_allclose(
+        geom.to_original(np.array([[-5, 0, 700, 640]], np.float32)), [[0, 0, 400, 250]]
+    )
 
 
 def test_stretch_and_center_crop_geometry() -> None:
     _, geom = stretch(np.zeros((100, 200, 3), np.uint8), (50, 50))
     assert (geom.scale_x, geom.scale_y) == (0.25, 0.5)
-    out, geom = center_crop(np.arange(100 * 200, dtype=np.uint32).reshape(100, 200).astype(np.uint8), (100, 100))
+    out, geom = center_crop(
+        np.arange(100 * 200, dtype=np.uint32).reshape(100, 200).astype(np.uint8), (100, 100)
+    )
     assert out.shape == (100, 100)
     assert geom.pad_x == -50.0  # the crop starts 50 px in
 
