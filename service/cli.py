@@ -154,6 +154,13 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
+    missing = [str(m.path) for m in settings.models if not m.path.is_file()]
+    missing += [str(m.card) for m in settings.models if m.card and not m.card.is_file()]
+    if missing:
+        print(
+            f"{args.file}: files not found (relative to {Path.cwd()}): {missing}", file=sys.stderr
+        )
+        return EXIT_USAGE
     api = settings.api
     print(f"{args.file}: OK ({len(settings.models)} model(s), api on {api.host}:{api.port})")
     return 0

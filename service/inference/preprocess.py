@@ -94,9 +94,7 @@ def center_crop(image: UInt8Image, size: tuple[int, int]) -> tuple[UInt8Image, G
     return image, Geometry((h, w), r, r, -float(left), -float(top))
 
 
-def preprocess(
-    image: UInt8Image, spec: PreprocessSpec
-) -> tuple[npt.NDArray[Any], Geometry]:
+def preprocess(image: UInt8Image, spec: PreprocessSpec) -> tuple[npt.NDArray[Any], Geometry]:
     """A decoded BGR (or grey) uint8 image -> a (C, H, W) tensor and its geometry."""
     if image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)

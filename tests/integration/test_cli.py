@@ -72,6 +72,10 @@ def test_config_validate_and_schema(tmp_path: Path) -> None:
     assert f"{bad}:3: api.prot: unknown key" in r.stderr
     r = run("config", "validate", bad, env={"LINEINSPECT__API__PROT": "1"})
     assert "environment variable LINEINSPECT__API__PROT" in r.stderr
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("models:\n  - path: models/nope.onnx\n")
+    r = run("config", "validate", missing)
+    assert r.returncode == 2 and "files not found" in r.stderr and "models/nope.onnx" in r.stderr
     schema = json.loads(run("config", "schema").stdout)
     assert "api" in schema["properties"]
 

@@ -1,0 +1,94 @@
+"""Demo client: wait for the service, send real defect images, print the verdicts and where to look.
+
+Standard library only, so it runs with nothing but the service installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from service.config import load_settings  # noqa: E402
+
+
+def wait_ready(base: str, pid: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            raise SystemExit("the service exited during start-up (see the error above)") from None
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"the service at {base} was not ready after {timeout:.0f} s")
+
+
+def sample_images(data: Path, per_class: int = 2) -> list[Path]:
+    folder = data / "neu-det" / "Validation_Images"
+    if not folder.is_dir():
+        raise SystemExit(
+            f"no NEU images at {folder}: set LINEINSPECT_DATA to the folder holding neu-det/"
+        )
+    chosen: dict[str, list[Path]] = {}
+    for path in sorted(folder.glob("*.jpg")):
+        group = chosen.setdefault(path.name.rsplit("_", 1)[0], [])
+        if len(group) < per_class:
+            group.append(path)
+    return [p for group in chosen.values() for p in group]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--server-pid", type=int, required=True)
+    args = parser.parse_args()
+    settings = load_settings(args.config, os.environ)
+    host = "127.0.0.1" if settings.api.host in ("0.0.0.0", "::") else settings.api.host
+    base = f"http://{host}:{settings.api.port}"
+    data = Path(os.environ.get("LINEINSPECT_DATA", ROOT.parent / "shared" / "data"))
+    images = sample_images(data)
+    wait_ready(base, args.server_pid)
+    print(f"\njudging {len(images)} real NEU steel-surface images from {data}:\n")
+    print(f"{'image':<24} {'verdict':<10} {'top class':<16} {'p':>6} {'ms':>7}  reason")
+    for path in images:
+        req = urllib.request.Request(
+            f"{base}/v1/predict", data=path.read_bytes(), headers={"content-type": "image/jpeg"}
+        )
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=30) as r:
+            body = json.load(r)
+        ms = (time.perf_counter() - t0) * 1000
+        top = (body.get("classes") or [{}])[0]
+        print(
+            f"{path.name:<24} {body['verdict'].upper():<10} {top.get('class_name', '-'):<16} "
+            f"{top.get('probability', 0):>6.3f} {ms:>7.1f}  {body['reason']}"
+        )
+    print(
+        f"""
+lineinspect is serving {settings.models[0].path} at {base}
+  predict:  curl -H 'content-type: image/jpeg' --data-binary @IMAGE.jpg {base}/v1/predict
+  models:   {base}/v1/models      thresholds: {base}/v1/thresholds
+  docs:     {base}/docs           metrics:    {base}/metrics
+  health:   {base}/healthz        ready:      {base}/readyz
+Ctrl-C stops it.""",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, then lint, types and the whole test suite.
+# `.ci/run` calls exactly this. Extra arguments go to pytest (e.g. -k http -x).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+source scripts/bootstrap.sh
+
+echo "== ruff" && ruff check service tests scripts && ruff format --check service tests
+echo "== mypy" && mypy
+echo "== pytest" && python -m pytest "$@"

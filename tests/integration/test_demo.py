@@ -1,0 +1,27 @@
+"""The README's main-job command, run as a user runs it (it stops by itself here)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from tests.integration.conftest import REPO, free_port
+
+
+def test_demo_command_serves_real_images() -> None:
+    env = os.environ | {"DEMO_SECONDS": "0.5", "LINEINSPECT__API__PORT": str(free_port())}
+    r = subprocess.run(
+        ["bash", "scripts/demo.sh"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    verdict_lines = [line for line in r.stdout.splitlines() if line.endswith(("±0.100", "±0.100)"))]
+    assert len(verdict_lines) == 12, r.stdout
+    assert sum(" FAIL " in line for line in verdict_lines) >= 8, r.stdout
+    assert "lineinspect is serving models/neu-cls-demo.onnx" in r.stdout
+    assert "batcher for neu-cls-demo stopped" in r.stderr
