@@ -91,6 +91,8 @@ class MicroBatcher:
         job = _Job(tensor, geometry, times, future)
         with self._lock:
             self._arriving -= 1
+        if not self._thread.is_alive():  # stopping: nobody would ever answer this job
+            raise OverloadedError("the batcher is stopped")
         try:
             self._queue.put_nowait(job)
         except queue.Full:

@@ -156,4 +156,12 @@ async def predict(
         raise HTTPException(503, f"overloaded: {exc}", {"Retry-After": "1"}) from exc
     result = await asyncio.wrap_future(future)
     metrics.observe(result)
-    return predict_response(result, uuid.uuid4().hex)
+    return predict_response(result, request_id(request))
+
+
+def request_id(request: Request) -> str:
+    """The caller's X-Request-ID when it is sane (lets a client correlate), else a new one."""
+    given = request.headers.get("x-request-id", "")
+    if 0 < len(given) <= 128 and given.isprintable():
+        return given
+    return uuid.uuid4().hex

@@ -120,18 +120,23 @@ class Model:
         return preprocess(image, self.spec.preprocess)
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Raw outputs for a (B, C, H, W) batch; splits it where the batch axis is fixed."""
-        fixed = self.spec.fixed_batch
-        if fixed is None or batch.shape[0] == fixed:
+        """Raw outputs for a (B, C, H, W) batch of any size.
+
+        A model exported with a fixed batch size gets chunks of exactly that size, the last one
+        padded with blank images whose outputs are dropped.
+        """
+        fixed, n = self.spec.fixed_batch, batch.shape[0]
+        if fixed is None or n == fixed:
             outputs: list[np.ndarray] = self.session.run(None, {self.spec.input_name: batch})
             return outputs
-        if fixed != 1:
-            raise ValueError(f"model takes batches of exactly {fixed}, got {batch.shape[0]}")
-        parts = [
-            self.session.run(None, {self.spec.input_name: batch[i : i + 1]})
-            for i in range(len(batch))
-        ]
-        return [np.concatenate(outs, axis=0) for outs in zip(*parts, strict=True)]
+        parts = []
+        for start in range(0, n, fixed):
+            chunk = batch[start : start + fixed]
+            if len(chunk) < fixed:
+                pad = np.zeros((fixed - len(chunk), *chunk.shape[1:]), chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            parts.append(self.session.run(None, {self.spec.input_name: chunk}))
+        return [np.concatenate(outs, axis=0)[:n] for outs in zip(*parts, strict=True)]
 
     def postprocess(
         self, outputs: list[np.ndarray], index: int, geometry: Geometry, policy: DecisionPolicy
@@ -151,7 +156,7 @@ class Model:
             dets = Detections(geometry.to_original(boxes), conf, cls)
             return Prediction("detect", geometry.image_size, detections=dets)
         if spec.task == "classify":
-            row = np.asarray(outputs[0][index], dtype=np.float32)
+            row = np.asarray(outputs[0][index], dtype=np.float32).reshape(-1)
             probs = row if spec.output_kind == "probabilities" else softmax(row)
             return Prediction("classify", geometry.image_size, probabilities=probs)
         names = [o.name for o in self.session.get_outputs()]

@@ -217,6 +217,8 @@ def resolve(path: Path, session: Any, card: ModelCard | None) -> ModelSpec:
                 "set `classes` in the model card"
             )
     elif task == "classify":
+        if first.ndim > 2 and all(d == 1 for d in first.shape[2:]):  # (batch, classes, 1, 1)
+            first = first.reshape(first.shape[0], -1)
         if first.ndim != 2:
             raise ModelError(
                 f"a classifier output must be (batch, classes), got {list(first.shape)}"

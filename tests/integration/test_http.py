@@ -222,8 +222,13 @@ def test_models_metrics_and_docs(serve: Serve, neu_images: list[Path], demo_mode
     assert m["providers"] == ["CPUExecutionProvider"] and m["ready"] is True
     assert m["sha256"] == file_sha256(demo_model) and m["classes"] == NEU_CLASSES
     assert m["input_size"] == [128, 128] and m["sources"]["input.size"] == "card"
-    for _ in range(3):
-        post_image(c, neu_images[0].read_bytes())
+    for i in range(3):
+        r = c.post(
+            "/v1/predict",
+            content=neu_images[0].read_bytes(),
+            headers={"content-type": "image/jpeg", "x-request-id": f"cam1-frame{i}"},
+        )
+        assert r.json()["request_id"] == f"cam1-frame{i}"
     r = c.get("/metrics", follow_redirects=False)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     assert metric(running, "lineinspect_predictions_total", model="neu-cls-demo") == 3

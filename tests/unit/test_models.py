@@ -323,3 +323,39 @@ def test_two_onnxruntime_packages_are_refused(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(runtime.importlib.metadata, "version", version)
     with pytest.raises(RuntimeSetupError, match="onnxruntime==1.20.0, onnxruntime-gpu==1.20.0"):
         runtime.import_onnxruntime()
+
+
+def test_fixed_batch_of_four_pads_and_chunks(models_dir: Path) -> None:
+    path = f.channel_mean_model(models_dir / "b4.onnx", batch=4, size=(16, 16))
+    write_card(path, classes=["r", "g", "b"], output={"kind": "logits"})
+    model = load_model(path, FAST)
+    assert model.max_batch == 4
+    images = [solid((i * 40, 0, 255 - i * 40)) for i in range(6)]  # 6 = one chunk of 4 + 2 padded
+    together = model.predict(images)
+    alone = [model.predict([img])[0] for img in images]
+    assert len(together) == 6
+    for a, b in zip(together, alone, strict=True):
+        np.testing.assert_allclose(
+            a.prediction.probabilities, b.prediction.probabilities, atol=1e-6
+        )
+    assert together[0].prediction.probabilities[0] > together[5].prediction.probabilities[0]
+
+
+def test_gpu_provider_options(tmp_path: Path) -> None:
+    # No GPU here: the options handed to ONNX Runtime are checked, not a CUDA session.
+    from service.inference.runtime import provider_options
+
+    cache = tmp_path / "trt"
+    opts = RuntimeOptions(device_id=1, tensorrt_cache_dir=cache, tensorrt_fp16=False)
+    trt = provider_options("TensorrtExecutionProvider", opts)
+    assert trt == {
+        "device_id": 1,
+        "trt_fp16_enable": False,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache),
+    }
+    assert cache.is_dir()
+    assert provider_options("CUDAExecutionProvider", opts) == {"device_id": 1}
+    assert provider_options("CPUExecutionProvider", opts) == {}
