@@ -6,6 +6,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 source scripts/bootstrap.sh
 
-echo "== ruff" && ruff check service tests scripts && ruff format --check service tests
+echo "== ruff" && ruff check service training tests scripts && ruff format --check service training tests
 echo "== mypy" && mypy
 echo "== pytest" && python -m pytest "$@"
