@@ -98,3 +98,22 @@ def test_cli_bad_inputs(tmp_path: Path, neu_images: list[Path]) -> None:
     assert r.returncode == 2 and "'scratches': 1" in r.stderr and "Traceback" not in r.stderr
     r = _cli("--data", one, "--good-classes", "good", "--out", tmp_path / "m.onnx", "--quick")
     assert r.returncode == 2 and "fewer than 3" in r.stderr
+
+
+def test_int8_quantisation_reports_its_cost(
+    trained: tuple[Path, dict], data_dir: Path, neu_images: list[Path]
+) -> None:
+    from training.quantize import quantize_classifier
+
+    onnx_path, _ = trained
+    manifest = split_dataset(load_dataset(data_dir / "neu-det"), seed=0)
+    manifest.splits["test"] = manifest.splits["test"][:24]  # CI-sized evaluation
+    out = onnx_path.with_name("neu-tiny-int8.onnx")
+    summary = quantize_classifier(onnx_path, out, manifest, calibration_images=8)
+    assert summary["int8"]["bytes"] < summary["fp32"]["bytes"] / 2
+    card = load_card(card_path_for(out))
+    assert card.sha256 == file_sha256(out) and card.metrics["quantization"] == summary
+    model = load_model(out)
+    assert model.spec.classes == tuple(card.classes or ())
+    probs = model.predict([cv2.imread(str(neu_images[0]))])[0].prediction.probabilities
+    assert probs is not None and abs(float(probs.sum()) - 1) < 1e-3
