@@ -37,6 +37,7 @@ class _Job:
     geometry: Geometry
     times: StageTimes
     future: Future[Result]
+    model: Model  # the model whose preprocessing made `tensor` (hot reload may swap self.model)
 
 
 class MicroBatcher:
@@ -86,9 +87,11 @@ class MicroBatcher:
         with self._lock:
             self._arriving -= 1
 
-    def submit(self, tensor: np.ndarray, geometry: Geometry, times: StageTimes) -> Future[Result]:
+    def submit(
+        self, tensor: np.ndarray, geometry: Geometry, times: StageTimes, model: Model | None = None
+    ) -> Future[Result]:
         future: Future[Result] = Future()
-        job = _Job(tensor, geometry, times, future)
+        job = _Job(tensor, geometry, times, future, model or self.model)
         with self._lock:
             self._arriving -= 1
         if not self._thread.is_alive():  # stopping: nobody would ever answer this job
@@ -136,14 +139,22 @@ class MicroBatcher:
                 self._run([job])
 
     def _run(self, jobs: list[_Job]) -> None:
+        # Jobs preprocessed for different models (a hot reload in between) run separately.
+        groups: dict[int, list[_Job]] = {}
+        for j in jobs:
+            groups.setdefault(id(j.model), []).append(j)
+        for group in groups.values():
+            self._run_group(group[0].model, group)
+
+    def _run_group(self, model: Model, jobs: list[_Job]) -> None:
         n = len(jobs)
         try:
             batch = np.stack([j.tensor for j in jobs])
             t0 = time.perf_counter()
-            outputs = self.model.run(batch)
+            outputs = model.run(batch)
             infer = time.perf_counter() - t0
         except Exception as exc:
-            log.exception("model %s: inference failed for a batch of %d", self.model.spec.name, n)
+            log.exception("model %s: inference failed for a batch of %d", model.spec.name, n)
             for j in jobs:
                 j.future.set_exception(exc)
             return
@@ -152,7 +163,7 @@ class MicroBatcher:
         for i, j in enumerate(jobs):
             times = StageTimes(j.times.decode, j.times.preprocess, infer)
             try:
-                j.future.set_result(self.model.finish(outputs, i, j.geometry, times, n))
+                j.future.set_result(model.finish(outputs, i, j.geometry, times, n))
             except Exception as exc:
-                log.exception("model %s: postprocessing failed", self.model.spec.name)
+                log.exception("model %s: postprocessing failed", model.spec.name)
                 j.future.set_exception(exc)

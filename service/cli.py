@@ -171,6 +171,19 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_review_export(args: argparse.Namespace) -> int:
+    from service.sinks.review import export
+
+    if not args.path.is_dir():
+        return _fail(f"no review queue at {args.path}")
+    try:
+        n = export(args.path, args.out, args.format, args.labelled_only)
+    except (OSError, ValueError) as exc:
+        return _fail(str(exc))
+    print(f"exported {n} review items as {args.format} to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lineinspect", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lineinspect {__version__}")
@@ -208,6 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_config_validate)
     schema = config.add_parser("schema", help="print the configuration's JSON schema")
     schema.set_defaults(func=cmd_config_schema)
+    review = sub.add_parser("review", help="active-learning queue")
+    review_sub = review.add_subparsers(dest="review_cmd", required=True)
+    rexport = review_sub.add_parser("export", help="write the queue for labelling / retraining")
+    rexport.add_argument(
+        "--path", type=Path, default=Path("var/review"), help="review queue folder"
+    )
+    rexport.add_argument("--format", choices=["folders", "yolo", "labelstudio"], default="folders")
+    rexport.add_argument("--out", type=Path, required=True)
+    rexport.add_argument(
+        "--labelled-only", action="store_true", help="only items an inspector labelled"
+    )
+    rexport.set_defaults(func=cmd_review_export)
     return parser
 
 

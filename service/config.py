@@ -96,6 +96,121 @@ class ApiConfig(_Section):
     batch: BatchConfig = Field(default_factory=BatchConfig, description="Micro-batching.")
 
 
+class BufferConfig(_Section):
+    size: int = Field(4, ge=1, le=10_000, description="Frames held between capture and inference.")
+    policy: Literal["drop_oldest", "drop_newest", "block"] = Field(
+        "drop_oldest",
+        description="When full: drop_oldest (live cameras: judge the newest frame), drop_newest, "
+        "or block (files, folders: never drop, capture waits). Every drop is counted.",
+    )
+
+
+class CameraConfig(_Section):
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Camera name (MQTT topic segment, metric label).",
+    )
+    source: str = Field(
+        description="rtsp://..., http(s)://..., device:0 (USB), file:PATH or a video path, "
+        "folder:PATH (images in name order)."
+    )
+    model: str | None = Field(
+        None, description="Model name (card `name`); default: the first model."
+    )
+    fps: float | None = Field(
+        None,
+        ge=0.0,
+        description="Pace for files and folders; default: the file's own rate; "
+        "0 = as fast as possible.",
+    )
+    loop: bool = Field(True, description="Files and folders start again at the end.")
+    mode: Literal["free", "trigger"] = Field(
+        "free", description="free: judge every frame; trigger: one verdict per part on a trigger."
+    )
+    trigger_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="Trigger mode: answer UNCERTAIN if no frame arrives within this time.",
+    )
+    buffer: BufferConfig = Field(
+        default_factory=BufferConfig, description="Capture -> inference buffer."
+    )
+    read_timeout_s: float = Field(5.0, gt=0, description="Open/read timeout of a stream or device.")
+    reconnect_initial_s: float = Field(0.5, gt=0, description="First reconnect delay.")
+    reconnect_max_s: float = Field(
+        30.0, gt=0, description="Reconnect delays double up to this cap."
+    )
+    stall_timeout_s: float = Field(
+        10.0, gt=0, description="No frame for this long: the camera is stalled."
+    )
+
+
+class LineConfig(_Section):
+    name: str = Field("line1", description="Production line name (MQTT topic segment).")
+    max_batch: int = Field(
+        8, ge=1, le=256, description="Frames of all cameras of a model per inference."
+    )
+    max_wait_ms: float = Field(
+        0.0, ge=0.0, le=1000.0, description="Wait for a fuller batch; 0 = greedy (lowest latency)."
+    )
+    preprocess_threads: int = Field(2, ge=1, le=64, description="Threads decoding/resizing frames.")
+
+
+class TlsConfig(_Section):
+    enabled: bool = Field(False, description="Connect with TLS.")
+    ca_file: str | None = Field(None, description="CA bundle that signed the broker's certificate.")
+    cert_file: str | None = Field(None, description="Client certificate (mutual TLS).")
+    key_file: str | None = Field(None, description="Client key (mutual TLS).")
+    insecure: bool = Field(False, description="Skip host-name checks (testing only).")
+
+
+class MqttConfig(_Section):
+    enabled: bool = Field(True, description="Publish verdicts and review items over MQTT.")
+    host: str = Field("127.0.0.1", description="Broker host.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port.")
+    client_id: str | None = Field(
+        None, description="Client id; default lineinspect-<line>. Keep it stable."
+    )
+    username: str | None = Field(None, description="Broker user.")
+    password: SecretStr | None = Field(None, description="Broker password (use the environment).")
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings.")
+    topic_prefix: str = Field(
+        "lineinspect", description="First topic segment: <prefix>/<line>/<camera>/<kind>."
+    )
+    keepalive_s: int = Field(30, ge=5, description="MQTT keepalive.")
+    inflight: int = Field(32, ge=1, le=1000, description="QoS 1 messages awaiting PUBACK at once.")
+    drain_timeout_s: float = Field(
+        5.0, ge=0, description="On stop, time given to empty the outbox."
+    )
+
+
+class OutboxConfig(_Section):
+    path: Path = Field(
+        Path("var/outbox.sqlite"), description="SQLite file holding unsent verdicts."
+    )
+    max_messages: int = Field(
+        1_000_000, ge=100, description="Oldest messages beyond this are evicted (counted)."
+    )
+    max_age_s: float = Field(
+        7 * 24 * 3600, gt=0, description="Messages older than this are evicted (counted)."
+    )
+    synchronous: Literal["normal", "full"] = Field(
+        "normal",
+        description="normal survives a killed process; full also survives power loss (slower).",
+    )
+
+
+class ReviewConfig(_Section):
+    enabled: bool = Field(True, description="Keep uncertain frames for human review.")
+    path: Path = Field(
+        Path("var/review"), description="Where review images and predictions are kept."
+    )
+    sample_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="Also keep this share of confident frames (random audit)."
+    )
+    budget_per_hour: int = Field(120, ge=0, description="Most frames kept per camera per hour.")
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
@@ -113,6 +228,16 @@ class Settings(BaseSettings):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="ONNX Runtime.")
     api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP API.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+    line: LineConfig = Field(default_factory=LineConfig, description="The inspection line.")
+    cameras: list[CameraConfig] = Field(
+        default_factory=list,
+        description="Cameras of the line; none: the service only answers HTTP.",
+    )
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Verdicts to the PLCs.")
+    outbox: OutboxConfig = Field(
+        default_factory=OutboxConfig, description="Durable verdict outbox."
+    )
+    review: ReviewConfig = Field(default_factory=ReviewConfig, description="Active-learning queue.")
 
     @field_validator("models")
     @classmethod
@@ -122,6 +247,15 @@ class Settings(BaseSettings):
         if dupes:
             raise ValueError(f"model listed twice: {dupes}")
         return models
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_cameras(cls, cameras: list[CameraConfig]) -> list[CameraConfig]:
+        names = [c.name.lower() for c in cameras]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"camera names must be unique (case-insensitive): {dupes}")
+        return cameras
 
     @classmethod
     def settings_customise_sources(

@@ -115,6 +115,95 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        # -- the line (capture -> inference -> MQTT)
+        self.frames_captured = Counter(
+            "lineinspect_frames_captured_total",
+            "Frames read from each camera.",
+            ["camera"],
+            registry=r,
+        )
+        self.frames_dropped = Counter(
+            "lineinspect_frames_dropped_total",
+            "Frames dropped before inference, by camera and reason.",
+            ["camera", "reason"],
+            registry=r,
+        )
+        self.camera_up = Gauge(
+            "lineinspect_camera_up", "1 while the camera delivers frames.", ["camera"], registry=r
+        )
+        self.camera_reconnects = Counter(
+            "lineinspect_camera_reconnects_total",
+            "Source (re)open attempts after a failure.",
+            ["camera"],
+            registry=r,
+        )
+        self.camera_stalls = Counter(
+            "lineinspect_camera_stalls_total",
+            "Watchdog detections of a silent source.",
+            ["camera"],
+            registry=r,
+        )
+        self.pipeline_errors = Counter(
+            "lineinspect_pipeline_errors_total",
+            "Frames that failed in a stage (each still got a verdict).",
+            ["stage"], registry=r,
+        )  # fmt: skip
+        self.verdicts = Counter(
+            "lineinspect_verdicts_total",
+            "Verdicts published by the line.",
+            ["camera", "verdict"],
+            registry=r,
+        )
+        self.frame_to_verdict = Histogram(
+            "lineinspect_frame_to_verdict_seconds",
+            "From capture to the verdict being ready to publish.",
+            ["camera"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.outbox_depth = Gauge(
+            "lineinspect_outbox_messages", "Messages waiting in the outbox.", registry=r
+        )
+        self.outbox_age = Gauge(
+            "lineinspect_outbox_oldest_age_seconds",
+            "Age of the oldest waiting message (0 if none).",
+            registry=r,
+        )
+        self.outbox_evicted = Counter(
+            "lineinspect_outbox_evicted_total",
+            "Messages evicted to respect the outbox bounds.",
+            ["reason"],
+            registry=r,
+        )
+        self.mqtt_connected = Gauge(
+            "lineinspect_mqtt_connected", "1 while connected to the broker.", registry=r
+        )
+        self.mqtt_sent = Counter(
+            "lineinspect_mqtt_messages_acknowledged_total",
+            "Messages the broker acknowledged.",
+            registry=r,
+        )
+        self.review_enqueued = Counter(
+            "lineinspect_review_enqueued_total",
+            "Frames kept for human review.",
+            ["camera", "reason"],
+            registry=r,
+        )
+        self.review_dropped = Counter(
+            "lineinspect_review_dropped_total",
+            "Review frames not kept (budget, disk).",
+            ["camera", "reason"],
+            registry=r,
+        )
+        self.review_depth = Gauge(
+            "lineinspect_review_queue_items", "Items in the review queue.", registry=r
+        )
+        self.model_reloads = Counter(
+            "lineinspect_model_reloads_total",
+            "Hot model reloads, by result.",
+            ["model", "result"],
+            registry=r,
+        )
         try:
             import onnxruntime
 

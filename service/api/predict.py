@@ -150,7 +150,7 @@ async def predict(
         batcher.withdraw()
         raise
     try:
-        future = batcher.submit(tensor, geometry, times)  # type: ignore[arg-type]
+        future = batcher.submit(tensor, geometry, times, target)  # type: ignore[arg-type]
     except OverloadedError as exc:
         metrics.rejected_inputs.labels("overloaded").inc()
         raise HTTPException(503, f"overloaded: {exc}", {"Retry-After": "1"}) from exc

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -67,10 +70,9 @@ def serve() -> Iterator[Callable[..., Running]]:
     def factory(
         env: dict[str, str] | None = None, *, start: bool = True, config: Path | None = None
     ) -> Running:
-        base = {
-            "LINEINSPECT__RUNTIME__WARMUP_RUNS": "1",
-            "LINEINSPECT__MODELS__0__PATH": str(REPO / "models" / "neu-cls-demo.onnx"),
-        }
+        base = {"LINEINSPECT__RUNTIME__WARMUP_RUNS": "1"}
+        if config is None:
+            base["LINEINSPECT__MODELS__0__PATH"] = str(REPO / "models" / "neu-cls-demo.onnx")
         running, stop = _serve(load_settings(config, base | (env or {})), start)
         stops.append(stop)
         return running
@@ -84,3 +86,120 @@ def post_image(
     client: httpx.Client, data: bytes, media: str = "image/jpeg", **params: Any
 ) -> httpx.Response:
     return client.post("/v1/predict", content=data, headers={"content-type": media}, params=params)
+
+
+# -- a real mosquitto the tests own: free loopback port, stop / start at will
+
+
+class Broker:
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"  # subscriber sessions survive a broker restart
+            f"persistence_location {workdir}/\n"
+            "autosave_interval 1\n"
+            "max_queued_messages 100000\n"
+            f"log_dest file {workdir}/mosquitto.log\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        assert Path(exe).exists(), "mosquitto is not installed (scripts/bootstrap.sh installs it)"
+        self.proc = subprocess.Popen(
+            [exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path)
+    b.start()
+    yield b
+    b.stop()
+
+
+class Plc:
+    """A persistent QoS 1 subscriber standing in for the PLC."""
+
+    def __init__(
+        self, port: int, topic: str = "lineinspect/#", client_id: str = "plc-under-test"
+    ) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=False,
+        )
+        self.client.reconnect_delay_set(1, 1)
+        self.subscribed = threading.Event()
+
+        def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+            client.subscribe(topic, qos=1)
+
+        def on_subscribe(*args: Any) -> None:
+            self.subscribed.set()
+
+        def on_message(client: Any, userdata: Any, msg: Any) -> None:
+            with self._lock:
+                self.messages.append((msg.topic, json.loads(msg.payload)))
+
+        self.client.on_connect, self.client.on_subscribe, self.client.on_message = (
+            on_connect,
+            on_subscribe,
+            on_message,
+        )
+        self.client.connect_async("127.0.0.1", port, keepalive=5)
+        self.client.loop_start()
+        assert self.subscribed.wait(10), "the test subscriber could not subscribe"
+
+    def verdicts(self, camera: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            return [
+                p
+                for t, p in self.messages
+                if t.endswith("/verdict") and (camera is None or p["camera"] == camera)
+            ]
+
+    def wait_for(
+        self, count: int, timeout: float, camera: str | None = None
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.verdicts(camera)
+            if len({v["sequence"] for v in got}) >= count:
+                return got
+            time.sleep(0.05)
+        return self.verdicts(camera)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def plc(broker: Broker) -> Iterator[Plc]:
+    p = Plc(broker.port)
+    yield p
+    p.close()

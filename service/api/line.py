@@ -1,0 +1,93 @@
+"""The line over HTTP: camera states, triggers, hot model reload."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException
+from pydantic import BaseModel, Field
+
+from service.api.deps import Service, require_token
+from service.api.models import describe
+from service.api.schemas import ModelDescription
+from service.inference.card import CardError
+from service.inference.registry import ModelError
+from service.inference.runtime import RuntimeSetupError
+
+router = APIRouter(prefix="/v1", tags=["line"])
+
+
+class TriggerRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    part_id: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class ReloadRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    path: str | None = Field(None, description="Another ONNX file; default: the configured path.")
+
+
+@router.get("/cameras", summary="Each camera's state, counters and last verdict.")
+def cameras(service: Service) -> dict[str, Any]:
+    line = service.line
+    out = []
+    for name, cam in service.cameras.items():
+        out.append({
+            "name": name,
+            "state": cam.state.value,
+            "mode": "trigger" if cam.trigger_mode else "free",
+            "captured": cam.stats.captured,
+            "reconnects": cam.stats.reconnects,
+            "stalls": cam.stats.stalls,
+            "last_error": cam.stats.last_error,
+            "buffered": len(cam.buffer),
+            "last_verdict": line.last_verdict.get(name) if line else None,
+        })  # fmt: skip
+    depth, age = service.outbox.depth() if service.outbox else (0, None)
+    return {
+        "cameras": out,
+        "mqtt_connected": service.link.connected.is_set(),
+        "mqtt_error": service.link.last_error,
+        "outbox": {"messages": depth, "oldest_age_s": age},
+    }
+
+
+@router.post(
+    "/cameras/{camera}/trigger",
+    summary="Judge the next frame of a trigger-mode camera as this part (one verdict per part).",
+    dependencies=[Depends(require_token)],
+    status_code=202,
+)
+def trigger(service: Service, camera: str, body: TriggerRequest) -> dict[str, str]:
+    try:
+        service.trigger(camera, body.part_id)
+    except KeyError:
+        raise HTTPException(
+            404, f"no camera named {camera!r}; cameras: {sorted(service.cameras)}"
+        ) from None
+    except ValueError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    return {"camera": camera, "part_id": body.part_id, "status": "accepted"}
+
+
+@router.post(
+    "/models/{name}/reload",
+    summary="Load the model's file (and card) again and swap it in without stopping anything.",
+    dependencies=[Depends(require_token)],
+)
+def reload_model(
+    service: Service, name: str, body: ReloadRequest | None = None
+) -> ModelDescription:
+    from pathlib import Path
+
+    try:
+        model = service.reload_model(name, Path(body.path) if body and body.path else None)
+    except KeyError:
+        raise HTTPException(
+            404, f"no model named {name!r}; loaded: {sorted(service.models)}"
+        ) from None
+    except (FileNotFoundError, CardError, ModelError, RuntimeSetupError, ValueError) as exc:
+        raise HTTPException(422, f"reload refused, {name} keeps serving: {exc}") from exc
+    return describe(model)

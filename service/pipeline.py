@@ -1,0 +1,325 @@
+"""The line: camera buffers -> inference (batched across cameras) -> decision -> publishing.
+
+Stages overlap in their own threads with bounded queues between them, so the model never waits
+on I/O: one inference thread per model pulls frames from every camera that uses it (round robin,
+up to `max_batch`), preprocesses them in a small pool, runs one `session.run`, and hands the
+results to the publisher thread, which stamps per-camera sequence numbers, writes each verdict
+to the durable outbox and feeds the review queue. The handoff queue blocks rather than drops:
+once a frame is inferred its verdict is never thrown away.
+
+A frame that fails anywhere still gets a verdict (UNCERTAIN, `error` set), logged with its
+camera and frame id and counted in `lineinspect_pipeline_errors_total{stage}`: a PLC waiting
+for a part must get an answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from service.frames import Frame, FrameBuffer
+from service.inference.model import Model, Result
+from service.metrics import Metrics
+from service.outbox import Outbox, OutboxFullError
+from service.types import Finding, StageTimes, Verdict
+
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = 1
+_SEGMENT = re.compile(r"[^a-z0-9_-]+")
+
+
+def topic_segment(name: str) -> str:
+    """Lowercase MQTT topic segment: no wildcards, separators or spaces."""
+    return _SEGMENT.sub("-", name.lower()).strip("-") or "unnamed"
+
+
+class ModelSlot:
+    """The model a set of cameras uses; `swap` replaces it atomically (hot reload)."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+
+    def swap(self, model: Model) -> Model:
+        old, self.model = self.model, model
+        return old
+
+
+@dataclass(frozen=True)
+class Route:
+    """The cameras served by one model, and the event their buffers set when a frame arrives."""
+
+    slot: ModelSlot
+    buffers: list[FrameBuffer]
+    ready: threading.Event
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the publisher needs for one frame: its result, or why there is none."""
+
+    frame: Frame
+    result: Result | None
+    error: str | None = None
+    done_mono: float = 0.0
+
+
+class ReviewSink(Protocol):
+    def offer(self, frame: Frame, result: Result, sequence: int) -> None: ...
+
+
+def finding_json(f: Finding) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "class_id": f.class_id,
+        "class_name": f.class_name,
+        "confidence": round(f.confidence, 5),
+        "threshold": f.threshold,
+        "band": f.band,
+        "outcome": f.outcome.value,
+    }
+    if f.xyxy is not None:
+        out["box"] = [round(v, 1) for v in f.xyxy]
+    return out
+
+
+def verdict_payload(line: str, outcome: Outcome, sequence: int) -> dict[str, Any]:
+    frame, result = outcome.frame, outcome.result
+    body: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "line": line,
+        "camera": frame.camera,
+        "sequence": sequence,
+        "frame_id": frame.frame_id,
+        "part_id": frame.part_id,
+        "captured_at": round(frame.captured_wall, 6),
+        "decided_at": round(time.time(), 6),
+        "latency_ms": round((outcome.done_mono - frame.captured_mono) * 1000, 3),
+    }
+    if result is None:
+        return body | {"verdict": Verdict.UNCERTAIN.value, "reason": outcome.error, "error": True,
+                       "findings": [], "model": None}  # fmt: skip
+    d = result.decision
+    findings = [finding_json(f) for f in d.drivers] or [finding_json(f) for f in d.findings[:3]]
+    return body | {
+        "verdict": d.verdict.value,
+        "reason": d.reason,
+        "error": False,
+        "findings": findings,
+        "findings_total": len(d.findings),
+        "model": {
+            "name": result.model.name,
+            "version": result.model.version,
+            "sha256": result.model.sha256,
+        },
+    }
+
+
+class Line:
+    def __init__(
+        self,
+        line: str,
+        prefix: str,
+        routes: dict[str, Route],  # model name -> its slot, camera buffers and wake-up event
+        outbox: Outbox | None,
+        review: ReviewSink,
+        metrics: Metrics,
+        max_batch: int = 8,
+        max_wait_s: float = 0.0,
+        preprocess_threads: int = 2,
+        publish_queue: int = 256,
+        on_verdict: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.line, self.prefix = topic_segment(line), prefix.strip("/")
+        self.routes, self.outbox, self.review, self.metrics = routes, outbox, review, metrics
+        self.max_batch, self.max_wait_s = max_batch, max_wait_s
+        self._pool = ThreadPoolExecutor(preprocess_threads, thread_name_prefix="preprocess")
+        self._handoff: queue.Queue[Outcome | None] = queue.Queue(maxsize=publish_queue)
+        self._stop = threading.Event()
+        self._on_verdict = on_verdict or (lambda payload: None)
+        self._sequences: dict[str, int] = {}
+        self._workers = [
+            threading.Thread(
+                target=self._infer_loop, args=(name,), name=f"infer-{name}", daemon=True
+            )
+            for name in routes
+        ]
+        self._publisher = threading.Thread(target=self._publish_loop, name="publisher", daemon=True)
+        self.last_verdict: dict[str, dict[str, Any]] = {}  # per camera, for health and the UI
+
+    def topic(self, camera: str, kind: str) -> str:
+        return f"{self.prefix}/{self.line}/{topic_segment(camera)}/{kind}"
+
+    def start(self) -> None:
+        self._publisher.start()
+        for w in self._workers:
+            w.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Drain: infer what is buffered, publish every result, then stop (cameras stop first)."""
+        self._stop.set()
+        for route in self.routes.values():
+            route.ready.set()
+        for w in self._workers:
+            w.join(timeout)
+        self._handoff.put(None)
+        self._publisher.join(timeout)
+        self._pool.shutdown(wait=True)
+
+    # -- inference stage
+    def _collect(self, buffers: Sequence[FrameBuffer]) -> list[Frame]:
+        """Up to max_batch frames, one per camera per pass. Waits at most max_wait for more once
+        it has one (0 by default: greedy batching, frames that queued during the last run)."""
+        frames: list[Frame] = []
+        deadline: float | None = None
+        while len(frames) < self.max_batch:
+            got = False
+            for b in buffers:
+                frame = b.get_nowait()
+                if frame is not None:
+                    frames.append(frame)
+                    got = True
+                    if len(frames) >= self.max_batch:
+                        break
+            if got:
+                continue
+            if not frames:
+                break
+            deadline = deadline or time.monotonic() + self.max_wait_s
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.0005)
+        return frames
+
+    def _infer_loop(self, name: str) -> None:
+        route = self.routes[name]
+        slot, buffers, ready = route.slot, route.buffers, route.ready
+        while True:
+            frames = self._collect(buffers)
+            if not frames:
+                if self._stop.is_set():
+                    return
+                ready.wait(0.1)
+                ready.clear()
+                continue
+            model = slot.model  # one model for the whole batch, even during a hot swap
+            for outcome in self._infer(model, frames):
+                self._handoff.put(outcome)  # blocks when the publisher lags: never drops
+
+    def _infer(self, model: Model, frames: list[Frame]) -> list[Outcome]:
+        t0 = time.perf_counter()
+        prepared: list[Any] = []
+        for frame, item in zip(
+            frames, self._pool.map(lambda f: _safe(model.preprocess, f.image), frames), strict=True
+        ):
+            if isinstance(item, Exception):
+                self._error("preprocess", frame, item)
+            prepared.append(item)
+        good = [i for i, p in enumerate(prepared) if not isinstance(p, Exception)]
+        outcomes: dict[int, Outcome] = {
+            i: Outcome(frames[i], None, f"preprocessing failed: {prepared[i]}", time.monotonic())
+            for i in range(len(frames)) if i not in good
+        }  # fmt: skip
+        if good:
+            t1 = time.perf_counter()
+            pre_each = (t1 - t0) / len(frames)
+            try:
+                outputs = model.run(np.stack([prepared[i][0] for i in good]))
+            except Exception as exc:
+                for i in good:
+                    self._error("infer", frames[i], exc)
+                    outcomes[i] = Outcome(
+                        frames[i], None, f"inference failed: {exc}", time.monotonic()
+                    )
+            else:
+                infer = time.perf_counter() - t1
+                self.metrics.inference_duration.labels(model.spec.name).observe(infer)
+                self.metrics.batch_size.labels(model.spec.name).observe(len(good))
+                for k, i in enumerate(good):
+                    try:
+                        result = model.finish(
+                            outputs, k, prepared[i][1], StageTimes(0.0, pre_each, infer), len(good)
+                        )
+                        outcomes[i] = Outcome(frames[i], result, None, time.monotonic())
+                    except Exception as exc:
+                        self._error("postprocess", frames[i], exc)
+                        outcomes[i] = Outcome(
+                            frames[i], None, f"postprocessing failed: {exc}", time.monotonic()
+                        )
+        return [outcomes[i] for i in range(len(frames))]
+
+    def _error(self, stage: str, frame: Frame, exc: BaseException) -> None:
+        log.error("camera %s frame %d: %s failed: %s", frame.camera, frame.frame_id, stage, exc)
+        self.metrics.pipeline_errors.labels(stage).inc()
+
+    # -- publishing stage
+    def _next_sequence(self, camera: str) -> int:
+        if camera not in self._sequences:
+            self._sequences[camera] = self.outbox.next_sequence(camera) - 1 if self.outbox else 0
+        self._sequences[camera] += 1
+        return self._sequences[camera]
+
+    def publish_outcome(self, outcome: Outcome) -> dict[str, Any]:
+        camera = outcome.frame.camera
+        seq = self._next_sequence(camera)
+        payload = verdict_payload(self.line, outcome, seq)
+        if self.outbox is not None:
+            data = json.dumps(payload, separators=(",", ":")).encode()
+            while True:
+                try:
+                    self.outbox.append(
+                        self.topic(camera, "verdict"), data, qos=1, sequence=(camera, seq)
+                    )
+                    break
+                except OutboxFullError as exc:  # disk full: keep the verdict, keep retrying
+                    self._error("outbox", outcome.frame, exc)
+                    if self._stop.wait(1.0) and self._handoff.empty():
+                        log.error(
+                            "stopping with the outbox unwritable: verdict %s/%d lost", camera, seq
+                        )
+                        break
+        m = self.metrics
+        m.verdicts.labels(camera, payload["verdict"]).inc()
+        m.frame_to_verdict.labels(camera).observe(
+            max(0.0, outcome.done_mono - outcome.frame.captured_mono)
+        )
+        if outcome.result is not None:
+            m.observe(outcome.result)
+            try:  # the review queue decides what it keeps (uncertain, sampled, budget)
+                self.review.offer(outcome.frame, outcome.result, seq)
+            except Exception as exc:
+                self._error("review", outcome.frame, exc)
+        self.last_verdict[camera] = payload
+        self._on_verdict(payload)
+        return payload
+
+    def _publish_loop(self) -> None:
+        while True:
+            item = self._handoff.get()
+            if item is None:
+                return
+            try:
+                self.publish_outcome(item)
+            except Exception as exc:  # never let one verdict kill the publisher
+                self._error("publish", item.frame, exc)
+
+    def publish_error(self, camera: str, part_id: str | None, reason: str) -> None:
+        """A verdict without a frame (trigger timed out, camera down): the PLC still gets one."""
+        now_m, now_w = time.monotonic(), time.time()
+        frame = Frame(camera, 0, np.zeros((1, 1, 3), np.uint8), now_m, now_w, part_id)
+        self._handoff.put(Outcome(frame, None, reason, now_m))
+
+
+def _safe(fn: Callable[[Any], Any], arg: Any) -> Any:
+    try:
+        return fn(arg)
+    except Exception as exc:
+        return exc

@@ -1,0 +1,249 @@
+"""Active-learning queue: frames the model was unsure about (plus an optional random sample) are
+kept on disk with their predictions and announced on `<prefix>/<line>/<camera>/review`, within a
+per-camera hourly budget so a bad shift cannot fill the disk.
+
+Layout: `<root>/<camera>/<YYYY-MM-DD>/<id>.jpg` + `<id>.json` (predictions, and a `label`
+field an inspector fills in). `export` turns the queue into a class-folder, YOLO or Label Studio
+dataset that the training companion reads back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from service.frames import Frame
+from service.inference.model import Result
+from service.metrics import Metrics
+from service.pipeline import finding_json
+from service.types import Verdict
+
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = 1
+
+
+class HourlyBudget:
+    """At most `limit` items per camera in any sliding hour."""
+
+    def __init__(
+        self, limit: int, window_s: float = 3600.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit, self.window_s, self.clock = limit, window_s, clock
+        self._stamps: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, camera: str) -> bool:
+        now = self.clock()
+        with self._lock:
+            stamps = self._stamps.setdefault(camera, deque())
+            while stamps and now - stamps[0] >= self.window_s:
+                stamps.popleft()
+            if len(stamps) >= self.limit:
+                return False
+            stamps.append(now)
+            return True
+
+
+class ReviewQueue:
+    def __init__(
+        self,
+        root: Path,
+        publish: Callable[[str, dict[str, Any]], None],
+        metrics: Metrics,
+        sample_rate: float = 0.0,
+        budget_per_hour: int = 120,
+        seed: int | None = None,
+    ) -> None:
+        self.root = root
+        self.publish, self.metrics = publish, metrics
+        self.sample_rate = sample_rate
+        self.budget = HourlyBudget(budget_per_hour)
+        self._rng = random.Random(seed)
+        root.mkdir(parents=True, exist_ok=True)
+
+    def offer(self, frame: Frame, result: Result, sequence: int) -> None:
+        uncertain = result.decision.verdict is Verdict.UNCERTAIN
+        if not uncertain and not (self.sample_rate and self._rng.random() < self.sample_rate):
+            return
+        reason = "uncertain" if uncertain else "sample"
+        if not self.budget.allow(frame.camera):
+            self.metrics.review_dropped.labels(frame.camera, "budget").inc()
+            return
+        day = time.strftime("%Y-%m-%d", time.gmtime(frame.captured_wall))
+        item_id = f"{int(frame.captured_wall * 1000)}-{sequence}"
+        folder = self.root / frame.camera / day
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(
+                str(folder / f"{item_id}.jpg"), frame.image, [cv2.IMWRITE_JPEG_QUALITY, 95]
+            ):
+                raise OSError("the JPEG could not be written")
+            record = self._record(
+                frame, result, sequence, item_id, reason, f"{frame.camera}/{day}/{item_id}.jpg"
+            )
+            tmp = folder / f"{item_id}.json.tmp"
+            tmp.write_text(json.dumps(record, indent=1))
+            tmp.replace(folder / f"{item_id}.json")  # atomic: readers never see half a record
+        except OSError as exc:
+            log.error(
+                "camera %s frame %d: review item not stored: %s", frame.camera, frame.frame_id, exc
+            )
+            self.metrics.review_dropped.labels(frame.camera, "disk").inc()
+            return
+        self.metrics.review_enqueued.labels(frame.camera, reason).inc()
+        self.publish(frame.camera, {k: v for k, v in record.items() if k != "findings"})
+
+    @staticmethod
+    def _record(
+        frame: Frame, result: Result, sequence: int, item_id: str, reason: str, image: str
+    ) -> dict[str, Any]:
+        d = result.decision
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "id": item_id,
+            "camera": frame.camera,
+            "frame_id": frame.frame_id,
+            "part_id": frame.part_id,
+            "sequence": sequence,
+            "captured_at": frame.captured_wall,
+            "reason": reason,
+            "verdict": d.verdict.value,
+            "decision": d.reason,
+            "model": {
+                "name": result.model.name,
+                "version": result.model.version,
+                "sha256": result.model.sha256,
+            },
+            "task": result.prediction.task,
+            "image": image,
+            "width": int(frame.image.shape[1]),
+            "height": int(frame.image.shape[0]),
+            "findings": [finding_json(f) for f in d.findings],
+            "label": None,  # filled in by an inspector: a class name, or a list of boxes
+        }
+
+    def depth(self) -> int:
+        return sum(1 for _ in self.root.glob("*/*/*.json"))
+
+
+class NullReview:
+    """Review queue disabled."""
+
+    def offer(self, frame: Frame, result: Result, sequence: int) -> None:
+        pass
+
+    def depth(self) -> int:
+        return 0
+
+
+# -- export for labelling and retraining
+
+
+def iter_items(root: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    for path in sorted(root.glob("*/*/*.json")):
+        try:
+            yield path, json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            log.warning("review item %s unreadable: %s", path, exc)
+
+
+def _class_of(item: dict[str, Any]) -> str | None:
+    label = item.get("label")
+    if isinstance(label, str):
+        return label
+    findings = item.get("findings") or []
+    return findings[0]["class_name"] if findings and item.get("task") == "classify" else None
+
+
+def _boxes_of(item: dict[str, Any]) -> list[dict[str, Any]]:
+    label = item.get("label")
+    if isinstance(label, list):
+        return label  # [{"class_name", "box": [x1, y1, x2, y2]}, ...] from an inspector
+    return [
+        f
+        for f in item.get("findings") or []
+        if "box" in f and f.get("outcome") in ("fail", "uncertain")
+    ]
+
+
+def _yolo_row(box: dict[str, Any], names: list[str], w: int, h: int) -> str:
+    x1, y1, x2, y2 = box["box"]
+    cx, cy = (x1 + x2) / 2 / w, (y1 + y2) / 2 / h
+    bw, bh = (x2 - x1) / w, (y2 - y1) / h
+    return f"{names.index(box['class_name'])} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}"
+
+
+def _labelstudio_task(path: Path, item: dict[str, Any]) -> dict[str, Any]:
+    w, h = item["width"], item["height"]
+    results: list[dict[str, Any]] = []
+    for n, b in enumerate(_boxes_of(item)):
+        x1, y1, x2, y2 = b["box"]
+        value = {
+            "x": 100 * x1 / w,
+            "y": 100 * y1 / h,
+            "width": 100 * (x2 - x1) / w,
+            "height": 100 * (y2 - y1) / h,
+            "rectanglelabels": [b["class_name"]],
+        }
+        results.append(
+            {"id": f"r{n}", "from_name": "label", "to_name": "image", "type": "rectanglelabels",
+             "original_width": w, "original_height": h, "value": value}
+        )  # fmt: skip
+    chosen = _class_of(item)
+    if chosen and not results:
+        results.append(
+            {"id": "c0", "from_name": "choice", "to_name": "image", "type": "choices",
+             "value": {"choices": [chosen]}}
+        )  # fmt: skip
+    image = str(path.with_suffix(".jpg").resolve())
+    version = (item.get("model") or {}).get("version")
+    return {
+        "data": {"image": image, "review_id": item["id"], "camera": item["camera"]},
+        "predictions": [{"model_version": version, "result": results}],
+    }
+
+
+def export(root: Path, out: Path, fmt: str, labelled_only: bool = False) -> int:
+    """Write the queue as `folders`, `yolo` or `labelstudio`; returns the number of items.
+
+    An inspector's `label` wins; otherwise the model's own findings are exported as
+    pre-annotations to correct."""
+    if fmt not in ("folders", "yolo", "labelstudio"):
+        raise ValueError(f"unknown export format {fmt!r}: folders, yolo or labelstudio")
+    out.mkdir(parents=True, exist_ok=True)
+    items = [(p, i) for p, i in iter_items(root) if not labelled_only or i.get("label") is not None]
+    if fmt == "folders":
+        for path, item in items:
+            cls = _class_of(item) or "unlabelled"
+            (out / cls).mkdir(exist_ok=True)
+            shutil.copy(path.with_suffix(".jpg"), out / cls / f"{item['camera']}-{item['id']}.jpg")
+    elif fmt == "yolo":
+        names = sorted({b["class_name"] for _, i in items for b in _boxes_of(i)})
+        (out / "images").mkdir(exist_ok=True)
+        (out / "labels").mkdir(exist_ok=True)
+        for path, item in items:
+            stem = f"{item['camera']}-{item['id']}"
+            shutil.copy(path.with_suffix(".jpg"), out / "images" / f"{stem}.jpg")
+            rows = [_yolo_row(b, names, item["width"], item["height"]) for b in _boxes_of(item)]
+            (out / "labels" / f"{stem}.txt").write_text("".join(r + "\n" for r in rows))
+        data = {
+            "path": str(out.resolve()),
+            "train": "images",
+            "val": "images",
+            "names": dict(enumerate(names)),
+        }
+        (out / "data.yaml").write_text(json.dumps(data))  # JSON is valid YAML
+    else:
+        tasks = [_labelstudio_task(path, item) for path, item in items]
+        (out / "tasks.json").write_text(json.dumps(tasks, indent=1))
+    return len(items)
