@@ -1,0 +1,1 @@
+"""Where verdicts go: MQTT (through the durable outbox) and the review queue."""
