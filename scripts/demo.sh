@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The main job: serve the shipped demo model over HTTP and judge real defect images with it.
+# The main job: the inspection line on the shipped demo model, fed by real defect images:
+# verdicts over MQTT (mosquitto on 127.0.0.1:1883, or the durable outbox until one appears),
+# HTTP prediction API, Prometheus /metrics.
 #   bash scripts/demo.sh                 serve until Ctrl-C
 #   DEMO_SECONDS=5 bash scripts/demo.sh  stop by itself (smoke tests)
 # Environment: LINEINSPECT_DATA (default ../shared/data), LINEINSPECT__API__PORT (default 8080).
@@ -8,7 +10,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 source scripts/bootstrap.sh
 
-CONFIG="${LINEINSPECT_CONFIG:-deploy/config.example.yaml}"
+CONFIG="${LINEINSPECT_CONFIG:-deploy/demo.yaml}"
+if [ -n "${LINEINSPECT_DATA:-}" ] && [ -z "${LINEINSPECT_CONFIG:-}" ]; then
+  export LINEINSPECT__CAMERAS__0__SOURCE="folder:$LINEINSPECT_DATA/neu-det/Validation_Images"
+fi
 lineinspect config validate "$CONFIG" >&2
 lineinspect serve --config "$CONFIG" &
 server=$!

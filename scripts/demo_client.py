@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -51,6 +52,53 @@ def sample_images(data: Path, per_class: int = 2) -> list[Path]:
     return [p for group in chosen.values() for p in group]
 
 
+def watch_line(settings: Any, base: str, seconds: float = 4.0) -> None:
+    """Show the verdicts a PLC would see: subscribe like one, or explain where they wait."""
+    q, line = settings.mqtt, settings.line.name
+    topic = f"{q.topic_prefix}/{line}/+/verdict"
+    received: list[dict[str, Any]] = []
+    try:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id="lineinspect-demo-viewer"
+        )
+        client.on_message = lambda c, u, m: received.append(json.loads(m.payload))
+        client.connect(q.host, q.port, keepalive=10)
+        client.subscribe(topic, qos=1)
+        client.loop_start()
+        time.sleep(seconds)
+        client.loop_stop()
+        client.disconnect()
+    except (OSError, ImportError) as exc:
+        with urllib.request.urlopen(f"{base}/v1/cameras", timeout=5) as r:
+            state = json.load(r)
+        print(
+            f"\nno MQTT broker at {q.host}:{q.port} ({exc}).\n"
+            f"The line keeps inspecting; {state['outbox']['messages']} verdicts wait in {settings.outbox.path} "
+            "and will be delivered in order once a broker is up:\n"
+            "  sudo apt-get install -y mosquitto && mosquitto -d    (then watch: "
+            f"mosquitto_sub -t '{topic}' -v)"
+        )
+        return
+    print(
+        f"\nverdicts received on {topic} in {seconds:.0f} s (what a PLC subscribed there sees):\n"
+    )
+    print(
+        f"{'camera':<12} {'seq':>5} {'frame':>6} {'verdict':<10} {'top finding':<18} {'conf':>6} {'ms':>7}"
+    )
+    for v in received[-12:]:
+        top = (v.get("findings") or [{}])[0]
+        print(
+            f"{v['camera']:<12} {v['sequence']:>5} {v['frame_id']:>6} {v['verdict'].upper():<10} "
+            f"{top.get('class_name', '-'):<18} {top.get('confidence', 0):>6.3f} {v['latency_ms']:>7.1f}"
+        )
+    print(
+        f"({len(received)} verdicts; watch them live: mosquitto_sub -h {q.host} -p {q.port} -t '{topic}' -v)"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", type=Path, required=True)
@@ -77,14 +125,16 @@ def main() -> int:
             f"{path.name:<24} {body['verdict'].upper():<10} {top.get('class_name', '-'):<16} "
             f"{top.get('probability', 0):>6.3f} {ms:>7.1f}  {body['reason']}"
         )
+    if settings.cameras:
+        watch_line(settings, base)
     print(
         f"""
 lineinspect is serving {settings.models[0].path} at {base}
   predict:  curl -H 'content-type: image/jpeg' --data-binary @IMAGE.jpg {base}/v1/predict
-  models:   {base}/v1/models      thresholds: {base}/v1/thresholds
-  docs:     {base}/docs           metrics:    {base}/metrics
-  health:   {base}/healthz        ready:      {base}/readyz
-Ctrl-C stops it.""",
+  cameras:  {base}/v1/cameras     models: {base}/v1/models
+  docs:     {base}/docs           metrics: {base}/metrics
+  health:   {base}/healthz        ready:   {base}/readyz
+Ctrl-C stops it (verdicts not yet delivered stay in the outbox for the next start).""",
         flush=True,
     )
     return 0
