@@ -1,0 +1,119 @@
+"""The line's small parts: buffer policies, the durable outbox, review budget, topics, payloads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.frames import BufferPolicy, Frame, FrameBuffer
+from service.outbox import Outbox
+from service.pipeline import Outcome, topic_segment, verdict_payload
+from service.sinks.review import HourlyBudget
+
+
+def frame(i: int, camera: str = "c") -> Frame:
+    return Frame(camera, i, np.zeros((2, 2, 3), np.uint8), time.monotonic(), time.time())
+
+
+@pytest.mark.parametrize(
+    ("policy", "kept", "drops"),
+    [
+        (BufferPolicy.DROP_OLDEST, [3, 4], [("c", "buffer_full_oldest")] * 2),
+        (BufferPolicy.DROP_NEWEST, [1, 2], [("c", "buffer_full_newest")] * 2),
+    ],
+)
+def test_buffer_policies_count_every_drop(
+    policy: BufferPolicy, kept: list[int], drops: list
+) -> None:
+    dropped: list[tuple[str, str]] = []
+    ready = threading.Event()
+    buf = FrameBuffer("c", 2, policy, on_drop=lambda c, r: dropped.append((c, r)), ready=ready)
+    for i in range(1, 5):
+        buf.put(frame(i))
+    assert ready.is_set()
+    out = []
+    while (f := buf.get_nowait()) is not None:
+        out.append(f.frame_id)
+    assert out == kept and dropped == drops
+
+
+def test_blocking_buffer_waits_then_times_out_and_counts() -> None:
+    dropped: list[tuple[str, str]] = []
+    buf = FrameBuffer("c", 1, BufferPolicy.BLOCK, on_drop=lambda c, r: dropped.append((c, r)))
+    assert buf.put(frame(1))
+    t0 = time.monotonic()
+    assert not buf.put(frame(2), timeout=0.2)
+    assert time.monotonic() - t0 >= 0.19 and dropped == [("c", "buffer_full_timeout")]
+    threading.Timer(0.1, buf.get_nowait).start()
+    assert buf.put(frame(3), timeout=2)  # space freed by the consumer: no drop
+    assert len(dropped) == 1
+
+
+def test_outbox_is_durable_ordered_and_keeps_sequences(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    box = Outbox(path)
+    for seq in (1, 2, 3):
+        box.append("t/v", f"m{seq}".encode(), sequence=("cam", seq))
+    box.close()
+    box = Outbox(path)  # a restart (or a SIGKILL: WAL keeps committed rows)
+    assert [m.payload for m in box.pending()] == [b"m1", b"m2", b"m3"]
+    assert box.next_sequence("cam") == 4 and box.next_sequence("other") == 1
+    first = box.pending(limit=2)
+    box.ack([first[0].id])
+    assert [m.payload for m in box.pending()] == [b"m2", b"m3"]
+    assert [m.payload for m in box.pending(after_id=first[1].id)] == [b"m3"]
+    depth, age = box.depth()
+    assert depth == 2 and age is not None and age >= 0
+    box.close()
+
+
+def test_outbox_bounds_evict_and_count(tmp_path: Path) -> None:
+    evicted: list[tuple[str, int]] = []
+    box = Outbox(
+        tmp_path / "o.sqlite",
+        max_rows=150,
+        max_age_s=3600,
+        on_evict=lambda r, n: evicted.append((r, n)),
+    )
+    for i in range(200):
+        box.append("t", str(i).encode())
+    assert box.depth()[0] == 150 and ("size", 50) in evicted
+    assert box.pending(limit=1)[0].payload == b"50", "the oldest are evicted first"
+    box.max_age_s = 0.0
+    time.sleep(0.01)
+    for _ in range(100):
+        box.append("t", b"x")
+    assert any(r == "age" for r, _ in evicted)
+    box.close()
+
+
+def test_hourly_budget_slides() -> None:
+    now = [0.0]
+    budget = HourlyBudget(2, window_s=3600, clock=lambda: now[0])
+    assert budget.allow("a") and budget.allow("a") and not budget.allow("a")
+    assert budget.allow("b"), "the budget is per camera"
+    now[0] = 3600.0
+    assert budget.allow("a")
+
+
+@pytest.mark.parametrize(
+    ("name", "segment"), [("Cam-1", "cam-1"), ("line 2/#+", "line-2"), ("", "unnamed")]
+)
+def test_topic_segments(name: str, segment: str) -> None:
+    assert topic_segment(name) == segment
+
+
+def test_error_verdict_payload_is_versioned_and_uncertain() -> None:
+    f = Frame("cam", 7, np.zeros((1, 1, 3), np.uint8), time.monotonic() - 0.01, time.time(), "P-9")
+    body = verdict_payload("l1", Outcome(f, None, "inference failed: boom", time.monotonic()), 42)
+    assert body["schema_version"] == 1 and body["sequence"] == 42 and body["part_id"] == "P-9"
+    assert (
+        body["verdict"] == "uncertain"
+        and body["error"] is True
+        and body["reason"] == "inference failed: boom"
+    )
+    assert 5 <= body["latency_ms"] < 1000
