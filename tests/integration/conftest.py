@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -104,6 +105,9 @@ class Broker:
             "autosave_interval 1\n"
             "max_queued_messages 100000\n"
             f"log_dest file {workdir}/mosquitto.log\n"
+            # Started as root, mosquitto drops to its own user, which cannot read pytest's
+            # private tmp folders (password file, persistence, log).
+            + ("user root\n" if os.geteuid() == 0 else "")
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -140,7 +144,12 @@ class Plc:
     """A persistent QoS 1 subscriber standing in for the PLC."""
 
     def __init__(
-        self, port: int, topic: str = "lineinspect/#", client_id: str = "plc-under-test"
+        self,
+        port: int,
+        topic: str = "lineinspect/#",
+        client_id: str = "plc-under-test",
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
@@ -153,6 +162,8 @@ class Plc:
             clean_session=False,
         )
         self.client.reconnect_delay_set(1, 1)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.subscribed = threading.Event()
 
         def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:

@@ -289,3 +289,101 @@ def test_stream_source_that_disappears_is_recovered(
         in running.client.get("/metrics").text
     )
     httpx.get(running.url + "/healthz").raise_for_status()
+
+
+def test_stream_server_stopped_and_restarted(
+    serve: Serve, broker: Broker, plc: Plc, tmp_path: Path, neu_images: list[Path]
+) -> None:
+    """An IP camera (MJPEG over HTTP) goes away and comes back: the camera reconnects by itself,
+    health and metrics say what happened, the service never exits."""
+    folder = image_folder(tmp_path, neu_images, 10)
+    port = free_port()
+    server_cmd = [
+        sys.executable,
+        str(Path(__file__).with_name("mjpeg_server.py")),
+        str(port),
+        str(folder),
+        "20",
+    ]
+    server = subprocess.Popen(server_cmd)
+    cam = {"name": "ipcam", "source": f"http://127.0.0.1:{port}/stream.mjpg", "read_timeout_s": 1.0,
+           "reconnect_initial_s": 0.2, "reconnect_max_s": 1.0, "stall_timeout_s": 2.0}  # fmt: skip
+    try:
+        time.sleep(0.5)
+        running = serve(config=line_config(tmp_path, broker, [cam]))
+        camera = running.service.cameras["ipcam"]
+        assert len(plc.wait_for(10, 30, "ipcam")) >= 10
+        server.kill()
+        server.wait(5)
+        deadline = time.monotonic() + 20
+        while camera.state.value == "streaming" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert camera.state.value in ("reconnecting", "stalled"), camera.state
+        assert 'lineinspect_camera_up{camera="ipcam"} 0.0' in running.client.get("/metrics").text
+        assert running.client.get("/v1/cameras").json()["cameras"][0]["state"] != "streaming"
+        time.sleep(2)  # down for a while: several failed reconnects
+        server = subprocess.Popen(server_cmd)
+        before = len(plc.verdicts("ipcam"))
+        deadline = time.monotonic() + 30
+        while len(plc.verdicts("ipcam")) < before + 10 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(plc.verdicts("ipcam")) >= before + 10, "verdicts resume after the camera returns"
+        assert camera.state.value == "streaming" and camera.stats.reconnects >= 1
+        assert 'lineinspect_camera_up{camera="ipcam"} 1.0' in running.client.get("/metrics").text
+        seqs = [v["sequence"] for v in plc.verdicts("ipcam")]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    finally:
+        server.kill()
+
+
+def test_mqtt_username_password(serve: Serve, tmp_path: Path, neu_images: list[Path]) -> None:
+    """A broker that requires a password: the right one delivers, a wrong one is reported and
+    the verdicts wait in the outbox."""
+    (tmp_path / "auth").mkdir()
+    b = Broker(tmp_path / "auth")
+    pwfile = tmp_path / "auth" / "passwd"
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(pwfile), "line", "s3cret"],
+        check=True,
+        capture_output=True,
+    )
+    b.conf.write_text(
+        b.conf.read_text().replace(
+            "allow_anonymous true", f"allow_anonymous false\npassword_file {pwfile}"
+        )
+    )
+    b.start()
+    try:
+        folder = image_folder(tmp_path, neu_images, 5)
+        ok = line_config(tmp_path, b, [folder_camera("cam1", folder)])
+        data = yaml.safe_load(ok.read_text())
+        data["mqtt"] |= {"username": "line", "password": "wrong"}
+        ok.write_text(yaml.safe_dump(data))
+        running = serve(config=ok)
+        deadline = time.monotonic() + 15
+        while (
+            "refused" not in running.client.get("/v1/cameras").json()["mqtt_error"]
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.2)
+        state = running.client.get("/v1/cameras").json()
+        assert "refused" in state["mqtt_error"] and not state["mqtt_connected"]
+        assert state["outbox"]["messages"] == 5
+        assert "s3cret" not in running.client.get("/metrics").text
+        assert "wrong" not in state["mqtt_error"]
+
+        # the right password: a second line (own outbox and client id) delivers everything
+        plc = Plc(b.port, client_id="plc-auth", username="line", password="s3cret")
+        try:
+            good_dir = tmp_path / "good"
+            good_dir.mkdir()
+            good = line_config(good_dir, b, [folder_camera("cam9", folder)])
+            data = yaml.safe_load(good.read_text())
+            data["mqtt"] |= {"username": "line", "password": "s3cret"}
+            good.write_text(yaml.safe_dump(data))
+            serve(config=good)
+            assert [v["sequence"] for v in plc.wait_for(5, 30, "cam9")] == [1, 2, 3, 4, 5]
+        finally:
+            plc.close()
+    finally:
+        b.stop()
