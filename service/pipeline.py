@@ -135,7 +135,7 @@ class Line:
         max_batch: int = 8,
         max_wait_s: float = 0.0,
         preprocess_threads: int = 2,
-        publish_queue: int = 256,
+        publish_queue: int = 32,  # each item holds its frame (for review): keep memory bounded
         on_verdict: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.line, self.prefix = topic_segment(line), prefix.strip("/")
