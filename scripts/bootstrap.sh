@@ -47,6 +47,12 @@ if [ ! -f "$stamp" ]; then
   say "installing lineinspect[$EXTRAS] (first run takes a minute)"
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   "$VENV/bin/python" -m pip install -q -e "$ROOT[$EXTRAS]" 2>&1 | grep -v -e "^WARNING: Location" -e "is ignored" >&2 || true
+  if "$VENV/bin/python" -c "import ultralytics" 2>/dev/null; then
+    # Ultralytics pulls the GUI build of OpenCV over the headless one: put the headless back.
+    "$VENV/bin/python" -m pip uninstall -y -q opencv-python >/dev/null 2>&1 || true
+    "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps opencv-python-headless 2>&1 \
+      | grep -v -e "^WARNING: Location" -e "is ignored" >&2 || true
+  fi
   "$VENV/bin/python" -c "import service, onnxruntime, cv2, fastapi" \
     || { say "installation failed"; exit 1; }
   rm -f "$VENV"/.lineinspect-*

@@ -217,9 +217,11 @@ class Line:
     def _infer(self, model: Model, frames: list[Frame]) -> list[Outcome]:
         t0 = time.perf_counter()
         prepared: list[Any] = []
-        for frame, item in zip(
-            frames, self._pool.map(lambda f: _safe(model.preprocess, f.image), frames), strict=True
-        ):
+        if len(frames) == 1:  # a lone frame: a pool hop would only add latency
+            items: Any = [_safe(model.preprocess, frames[0].image)]
+        else:
+            items = self._pool.map(lambda f: _safe(model.preprocess, f.image), frames)
+        for frame, item in zip(frames, items, strict=True):
             if isinstance(item, Exception):
                 self._error("preprocess", frame, item)
             prepared.append(item)
