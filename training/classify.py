@@ -217,8 +217,15 @@ def train_classifier(manifest: Manifest, out_path: Path, cfg: ClassifierConfig) 
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()
-
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    report_dir = out_path.with_name(out_path.stem + "-report")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {"state_dict": best_state, "classes": classes, "config": asdict(cfg)},
+        report_dir / "best.pt",
+    )
+    torch_val = _predict(model, val_x)  # the reference the exported file must reproduce
+
     export_onnx(model, out_path, classes, cfg)
     # A provisional card so the service can load the file; thresholds come from validation.
     base_card = {
@@ -241,7 +248,6 @@ def train_classifier(manifest: Manifest, out_path: Path, cfg: ClassifierConfig) 
     served = load_model(out_path, RuntimeOptions(warmup_runs=1, intra_op_threads=cfg.threads))
     probs = {k: np.stack([r.prediction.probabilities for r in served.predict(v)]) if v else np.zeros((0, len(classes)))
              for k, v in (("train", images["train"]), ("val", images["val"]), ("test", images["test"]))}  # fmt: skip
-    torch_val = _predict(model, val_x)
     parity = float(np.abs(torch_val - probs["val"]).max()) if len(torch_val) else 0.0
     if parity > 1e-4:
         raise RuntimeError(f"ONNX and PyTorch disagree on validation: max |diff| = {parity:.2e}")
@@ -290,7 +296,6 @@ def train_classifier(manifest: Manifest, out_path: Path, cfg: ClassifierConfig) 
         },
         reference=reference,
     )
-    report_dir = out_path.with_name(out_path.stem + "-report")
     write_classifier_report(
         report_dir,
         card.name or cfg.name,
@@ -308,8 +313,9 @@ def train_classifier(manifest: Manifest, out_path: Path, cfg: ClassifierConfig) 
 def export_onnx(
     model: nn.Module, path: Path, classes: Sequence[str], cfg: ClassifierConfig
 ) -> None:
-    if hasattr(model, "set_swish"):
-        model.set_swish(memory_efficient=False)  # the autograd-function swish does not export
+    # No set_swish() here: EfficientNet-Lite uses ReLU6, and set_swish would silently replace it
+    # with swish, exporting a different network (the parity check compares against the
+    # predictions made before export, so such a change cannot pass unnoticed again).
     wrapped = _WithSoftmax(model).eval()
     dummy = torch.zeros(1, 3, cfg.image_size, cfg.image_size)
     # The TorchScript exporter is deprecated but exact for this CNN and needs no onnxscript;
