@@ -6,7 +6,6 @@ exactly what the server reads, and validation happens on write.
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import shlex
 import sys
@@ -18,17 +17,14 @@ import cv2
 import numpy as np
 
 from service.inference.card import ModelCard, card_path_for, dump_card
+from service.inference.registry import file_sha256
 
 CONFIDENCE_BINS = [round(0.05 * i, 2) for i in range(21)]  # 0.00 .. 1.00, 20 bins
 STAT_BINS = 20
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)  # the service's own digest: what it checks at load
 
 
 def image_stats(image: np.ndarray) -> dict[str, float]:
