@@ -207,7 +207,7 @@ class LineInspect:
         for cam, buffer in pending:
             camera = Camera(
                 cam.name,
-                make_source(cam.source, cam.loop, cam.read_timeout_s),
+                make_source(cam.source, cam.loop, cam.read_timeout_s, cam.pattern),
                 buffer,
                 fps=cam.fps,
                 reconnect_initial_s=cam.reconnect_initial_s,

@@ -110,18 +110,17 @@ class FolderSource:
     kind = "folder"
     live = False
 
-    def __init__(self, folder: Path, loop: bool) -> None:
-        self.folder, self.loop = folder, loop
+    def __init__(self, folder: Path, loop: bool, pattern: str = "*") -> None:
+        self.folder, self.loop, self.pattern = folder, loop, pattern
         self._pending: deque[Path] = deque()
 
     def _scan(self) -> None:
         if not self.folder.is_dir():
             raise SourceError(f"image folder not found: {self.folder}")
-        self._pending = deque(
-            sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-        )
+        found = (p for p in self.folder.glob(self.pattern) if p.suffix.lower() in IMAGE_EXTS)
+        self._pending = deque(sorted(p for p in found if p.is_file()))
         if not self._pending:
-            raise SourceError(f"no images in {self.folder}")
+            raise SourceError(f"no images matching {self.pattern} in {self.folder}")
 
     def open(self) -> None:
         self._scan()
@@ -145,7 +144,7 @@ class FolderSource:
         return None
 
 
-def make_source(uri: str, loop: bool, timeout_s: float) -> Source:
+def make_source(uri: str, loop: bool, timeout_s: float, pattern: str = "*") -> Source:
     """`rtsp://…`, `http(s)://…`, `device:0`, `file:PATH` (or a video path), `folder:PATH`."""
     if uri.startswith(
         ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
@@ -154,10 +153,10 @@ def make_source(uri: str, loop: bool, timeout_s: float) -> Source:
     if uri.startswith("device:"):
         return OpenCvSource(int(uri.split(":", 1)[1]), "device", loop, timeout_s)
     if uri.startswith("folder:"):
-        return FolderSource(Path(uri.split(":", 1)[1]), loop)
+        return FolderSource(Path(uri.split(":", 1)[1]), loop, pattern)
     path = uri.split(":", 1)[1] if uri.startswith("file:") else uri
     if Path(path).is_dir():
-        return FolderSource(Path(path), loop)
+        return FolderSource(Path(path), loop, pattern)
     return OpenCvSource(path, "file", loop, timeout_s)
 
 

@@ -124,6 +124,7 @@ class CameraConfig(_Section):
         "0 = as fast as possible.",
     )
     loop: bool = Field(True, description="Files and folders start again at the end.")
+    pattern: str = Field("*", description="Folder sources: which files to play (glob, e.g. *.jpg).")
     mode: Literal["free", "trigger"] = Field(
         "free", description="free: judge every frame; trigger: one verdict per part on a trigger."
     )
