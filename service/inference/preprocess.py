@@ -70,7 +70,9 @@ def letterbox(
         image = cv2.copyMakeBorder(
             image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=value
         )
-    return image, Geometry((h, w), r, r, float(left), float(top))
+    # Map back by the size the image was really resized to (as Ultralytics' scale_boxes does):
+    # round(w * r) / w differs from r by up to half a pixel per axis.
+    return image, Geometry((h, w), unpad_w / w, unpad_h / h, float(left), float(top))
 
 
 def stretch(image: UInt8Image, size: tuple[int, int]) -> tuple[UInt8Image, Geometry]:
