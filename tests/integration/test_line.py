@@ -387,3 +387,58 @@ def test_mqtt_username_password(serve: Serve, tmp_path: Path, neu_images: list[P
             plc.close()
     finally:
         b.stop()
+
+
+def _make_certs(folder: Path) -> None:
+    """A throw-away CA and a broker certificate for 127.0.0.1 (openssl, as an operator would)."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+        "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+    run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "broker.key",
+        "-out",
+        "broker.csr",
+    )
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "broker.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "2", "-extfile", "san.ext", "-out", "broker.crt")  # fmt: skip
+
+
+def test_mqtt_over_tls(serve: Serve, tmp_path: Path, neu_images: list[Path]) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    _make_certs(certs)
+    (tmp_path / "tls").mkdir()
+    b = Broker(tmp_path / "tls")
+    b.conf.write_text(
+        b.conf.read_text()
+        + f"cafile {certs / 'ca.crt'}\ncertfile {certs / 'broker.crt'}\nkeyfile {certs / 'broker.key'}\n"
+    )
+    b.start()
+    try:
+        folder = image_folder(tmp_path, neu_images, 5)
+        cfg = line_config(tmp_path, b, [folder_camera("cam1", folder)])
+        data = yaml.safe_load(cfg.read_text())
+        data["mqtt"]["tls"] = {"enabled": True, "ca_file": str(certs / "ca.crt")}
+        cfg.write_text(yaml.safe_dump(data))
+        running = serve(config=cfg)
+        deadline = time.monotonic() + 20
+        while running.service.outbox.depth()[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the verdicts exist ...
+        while running.service.outbox.depth()[0] > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)  # ... and the TLS broker acknowledged every one of them
+        assert running.service.outbox.depth()[0] == 0
+        assert running.client.get("/v1/cameras").json()["mqtt_connected"] is True
+        assert "lineinspect_mqtt_messages_acknowledged_total" in running.client.get("/metrics").text
+    finally:
+        b.stop()
