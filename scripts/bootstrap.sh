@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Prepare a fresh machine: system packages, then a virtualenv with lineinspect installed.
 # Sourced by scripts/demo.sh and scripts/test.sh; safe to run again (it only does what is missing).
-#   LINEINSPECT_EXTRAS  pip extras to install (default: cpu,dev,train)
+#   LINEINSPECT_EXTRAS  pip extras to install (default: cpu,dev,train-yolo, which includes train)
 #   LINEINSPECT_VENV    virtualenv location   (default: .venv in the repository)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${LINEINSPECT_VENV:-$ROOT/.venv}"
-EXTRAS="${LINEINSPECT_EXTRAS:-cpu,dev,train}"
+EXTRAS="${LINEINSPECT_EXTRAS:-cpu,dev,train-yolo}"
 PYTHON="${PYTHON:-python3}"
 
 say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }

@@ -1,0 +1,263 @@
+"""The detector trainer end to end (CI-sized), and served boxes == Ultralytics' own boxes.
+
+(a) `scripts/train_detector.py --quick` on real NEU images: train -> ONNX -> model card ->
+    served by lineinspect's `load_model` -> a prediction on a real NEU image.
+(b) Parity: on real NEU images, the boxes lineinspect decodes from the shipped detector equal
+    Ultralytics' predict on the same ONNX file with the same confidence floor (the decision
+    policy's threshold - band), NMS IoU (the card's `nms_iou`) and max_det: same count, same
+    class, IoU >= 0.99 per matched box, confidence within 1e-3.
+
+Needs the `train-yolo` extra (Ultralytics); without it the module is skipped with that reason.
+Without the shared data the `data_dir` fixture fails, naming LINEINSPECT_DATA.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from training import detect
+
+detect.prepare_offline()  # before Ultralytics is imported: no network, no font download
+pytest.importorskip(
+    "ultralytics",
+    reason="needs the train-yolo extra (Ultralytics): pip install -e '.[train-yolo]'",
+)
+
+from scripts import train_detector  # noqa: E402
+from service.inference.card import ThresholdSpec  # noqa: E402
+from service.inference.model import Model, make_policy  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "models" / "neu-det-demo.onnx"
+MIN_IOU = 0.99
+MAX_CONF_DIFF = 1e-3
+# One image per class plus a few more: square 200x200, as the line camera's crops are.
+PARITY_IMAGES = [
+    "crazing_10.jpg",
+    "inclusion_10.jpg",
+    "patches_10.jpg",
+    "pitted_surface_10.jpg",
+    "rolled-in_scale_10.jpg",
+    "scratches_10.jpg",
+    "inclusion_150.jpg",
+    "scratches_150.jpg",
+]
+
+pytestmark = pytest.mark.slow
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n, 4) x (m, 4) xyxy -> (n, m) IoU."""
+    tl = np.maximum(a[:, None, :2], b[None, :, :2])
+    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(br - tl, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-12)
+
+
+def compare(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Greedy one-to-one matching by IoU within a class; returns the worst deviations."""
+    n, m = len(ours["conf"]), len(theirs["conf"])
+    out: dict[str, Any] = {"ours": n, "theirs": m, "min_iou": 1.0, "max_conf_diff": 0.0}
+    if n != m:
+        return out | {"ok": False, "why": f"{n} boxes from lineinspect, {m} from Ultralytics"}
+    if n == 0:
+        return out | {"ok": True}
+    iou = box_iou(ours["xyxy"], theirs["xyxy"])
+    iou[ours["cls"][:, None] != theirs["cls"][None, :]] = -1.0
+    used: set[int] = set()
+    for i in np.argsort(-ours["conf"], kind="stable"):
+        candidates = [j for j in np.argsort(-iou[i]) if j not in used]
+        j = int(candidates[0])
+        used.add(j)
+        out["min_iou"] = min(out["min_iou"], float(iou[i, j]))
+        out["max_conf_diff"] = max(
+            out["max_conf_diff"], abs(float(ours["conf"][i]) - float(theirs["conf"][j]))
+        )
+    ok = out["min_iou"] >= MIN_IOU and out["max_conf_diff"] <= MAX_CONF_DIFF
+    return out | {"ok": ok, "why": "" if ok else "box, class or confidence differ"}
+
+
+def lineinspect_boxes(model: Model, image: np.ndarray) -> dict[str, np.ndarray]:
+    dets = model.predict([image])[0].prediction.detections
+    assert dets is not None
+    return {"xyxy": dets.xyxy, "conf": dets.confidence, "cls": dets.class_id}
+
+
+def ultralytics_boxes(
+    yolo: Any, image: np.ndarray, conf: float, iou: float, max_det: int, imgsz: int
+) -> dict[str, np.ndarray]:
+    r = yolo.predict(
+        image, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz, device="cpu", verbose=False
+    )[0]
+    return {
+        "xyxy": r.boxes.xyxy.numpy().astype(np.float32),
+        "conf": r.boxes.conf.numpy().astype(np.float32),
+        "cls": r.boxes.cls.numpy().astype(np.int64),
+    }
+
+
+# -- (a) CI-sized end-to-end run
+
+
+@pytest.fixture(scope="module")
+def quick_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("detector")
+    out = work / "neu-det-quick.onnx"
+    rc = train_detector.main(
+        [
+            "--quick",
+            "--data",
+            str(data_dir / "neu-det"),
+            "--out",
+            str(out),
+            "--workdir",
+            str(work / "work"),
+        ]
+    )
+    assert rc == 0, "scripts/train_detector.py --quick failed (see the captured output)"
+    return out
+
+
+def test_quick_run_trains_exports_and_is_served(quick_run: Path, neu_images: list[Path]) -> None:
+    from service.inference.card import card_path_for, load_card
+    from service.inference.model import load_model
+
+    card = load_card(card_path_for(quick_run))
+    assert card.task == "detect"
+    assert card.classes == [
+        "crazing",
+        "inclusion",
+        "patches",
+        "pitted_surface",
+        "rolled-in_scale",
+        "scratches",
+    ]
+    assert card.thresholds.min_box_size == detect.MIN_BOX_SIZE
+    assert card.input.resize == "letterbox"
+    assert len(card.training["split"]["manifest_sha256"]) == 64
+    assert card.training["cpu_seconds"] > 0
+    assert set(card.metrics["test"]["per_class"]) <= set(card.classes)
+    assert 0.0 <= card.metrics["test"]["map50"] <= 1.0
+    assert card.reference["images"] > 0
+
+    model = load_model(quick_run)  # the card beside it is found and its sha256 checked
+    assert model.spec.layout == "yolov8"
+    assert model.spec.preprocess.size == tuple(card.input.size or ())
+    image = cv2.imread(str(neu_images[0]), cv2.IMREAD_COLOR)
+    images = [image, image[:, :150]]  # a second, non-square frame in the same batch
+    results = model.predict(images)
+    assert len(results) == 2
+    for result, img in zip(results, images, strict=True):
+        dets = result.prediction.detections
+        assert dets is not None
+        assert result.prediction.image_size == img.shape[:2]
+        if len(dets):
+            h, w = img.shape[:2]
+            assert dets.xyxy[:, [0, 2]].max() <= w and dets.xyxy[:, [1, 3]].max() <= h
+        assert result.decision.verdict.value in {"pass", "fail", "uncertain"}
+
+
+def test_cli_reports_missing_data_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder in (tmp_path / "nowhere", empty):
+        rc = train_detector.main(["--data", str(folder), "--workdir", str(tmp_path / "w")])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2
+        assert err.startswith("error: ") and "\n" not in err, err
+        assert "Traceback" not in err
+
+
+# -- (b) parity with Ultralytics' own ONNX predict
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Path:
+    assert SHIPPED.is_file(), (
+        f"the shipped detector is missing: {SHIPPED}; train it with "
+        "`python scripts/train_detector.py` (see docs/DETECTOR.md)"
+    )
+    return SHIPPED
+
+
+@pytest.mark.parametrize(
+    "floor",
+    [None, 0.01],
+    ids=["card-policy", "low-floor-many-boxes"],
+)
+def test_served_boxes_equal_ultralytics_onnx_predict(
+    shipped: Path, data_dir: Path, floor: float | None
+) -> None:
+    ul = detect.ultralytics(threads=1)
+    model = detect.serve(shipped)
+    if floor is not None:  # a policy whose floor (threshold - band) is `floor`
+        thresholds = ThresholdSpec(default=floor + 0.01, band=0.01)
+        model.set_policy(make_policy(model.spec, thresholds, ()))
+    conf = model.policy.confidence_floor()
+    iou, max_det = model.spec.nms_iou, model.spec.max_detections
+    imgsz = model.spec.preprocess.size[0]
+    yolo = ul.YOLO(str(shipped), task="detect")
+
+    report, total = [], 0
+    for name in PARITY_IMAGES:
+        image = cv2.imread(str(data_dir / "neu-det" / "IMAGES" / name), cv2.IMREAD_COLOR)
+        assert image is not None, name
+        ours = lineinspect_boxes(model, image)
+        theirs = ultralytics_boxes(yolo, image, conf, iou, max_det, imgsz)
+        total += len(ours["conf"])
+        report.append((name, compare(ours, theirs)))
+    print(f"parity conf={conf:.3f} iou={iou} boxes={total}")
+    for name, r in report:
+        print(f"  {name}: {r}")
+    bad = [(n, r) for n, r in report if not r["ok"]]
+    assert not bad, f"lineinspect differs from Ultralytics (conf {conf}, iou {iou}): {bad}"
+    assert total >= len(PARITY_IMAGES), f"too few boxes ({total}) for a meaningful comparison"
+
+
+def test_non_square_frames_match_ultralytics_square_letterbox(
+    shipped: Path, data_dir: Path
+) -> None:
+    """Same as above on non-square frames, against Ultralytics' full-square letterbox (rect=False).
+
+    Ultralytics' default (rect=True for a dynamic-shape ONNX) pads only to a multiple of the
+    stride, so its input tensor, and hence its boxes, differ from lineinspect's on purpose:
+    lineinspect always feeds the card's fixed input size.
+    """
+    ul = detect.ultralytics(threads=1)
+    model = detect.serve(shipped)
+    model.set_policy(make_policy(model.spec, ThresholdSpec(default=0.02, band=0.01), ()))
+    yolo = ul.YOLO(str(shipped), task="detect")
+    imgsz = model.spec.preprocess.size[0]
+    bad = []
+    for name in PARITY_IMAGES[:3]:
+        image = cv2.imread(str(data_dir / "neu-det" / "IMAGES" / name), cv2.IMREAD_COLOR)
+        for frame in (image[:, :150], image[:123, :], cv2.resize(image, (517, 301))):
+            ours = lineinspect_boxes(model, frame)
+            r = yolo.predict(
+                frame,
+                conf=model.policy.confidence_floor(),
+                iou=model.spec.nms_iou,
+                max_det=model.spec.max_detections,
+                imgsz=imgsz,
+                rect=False,
+                device="cpu",
+                verbose=False,
+            )[0]
+            theirs = {
+                "xyxy": r.boxes.xyxy.numpy().astype(np.float32),
+                "conf": r.boxes.conf.numpy().astype(np.float32),
+                "cls": r.boxes.cls.numpy().astype(np.int64),
+            }
+            result = compare(ours, theirs)
+            if not result["ok"]:
+                bad.append((name, frame.shape[:2], result))
+    assert not bad, f"non-square frames differ: {bad}"
