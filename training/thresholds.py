@@ -19,6 +19,7 @@ from service.types import Verdict
 
 CANDIDATES = np.round(np.arange(0.05, 0.96, 0.01), 2)
 BANDS = np.round(np.arange(0.0, 0.31, 0.01), 2)
+DEFAULT_BAND = 0.1
 
 
 def _f1(scores: np.ndarray, positive: np.ndarray, t: float) -> float:
@@ -59,16 +60,28 @@ def tune_classifier(
                 f"critical: highest threshold with validation recall >= {1 - max_miss:.2f}"
             )
         else:
-            f1s = [_f1(scores, positive, t) for t in CANDIDATES]
-            best = int(np.argmax(f1s))
-            t = float(CANDIDATES[best])
-            rationale[name] = f"best one-vs-rest F1 on validation ({f1s[best]:.3f})"
+            f1s = np.asarray([_f1(scores, positive, t) for t in CANDIDATES])
+            # The middle of the best plateau: a cleanly separated class gets the widest margin
+            # on both sides instead of the lowest threshold that happens to tie.
+            plateau = np.flatnonzero(f1s >= f1s.max() - 1e-9)
+            t = float(CANDIDATES[plateau[len(plateau) // 2]])
+            rationale[name] = (
+                f"best one-vs-rest F1 on validation ({f1s.max():.3f}), middle of the "
+                f"{CANDIDATES[plateau[0]]:.2f}-{CANDIDATES[plateau[-1]]:.2f} plateau"
+            )
         per_class[name] = t
     band, share = _band_for_share(probs, classes, good_classes, per_class, review_share)
-    rationale["band"] = (
-        f"narrowest band routing >= {review_share:.0%} of validation images to review "
-        f"(got {share:.1%})"
-    )
+    if share >= review_share:
+        rationale["band"] = (
+            f"narrowest band routing >= {review_share:.0%} of validation images to review "
+            f"(got {share:.1%})"
+        )
+    else:  # validation is too clean to reach the share: keep a modest default band
+        band = DEFAULT_BAND
+        rationale["band"] = (
+            f"no band up to {BANDS[-1]:.2f} routes {review_share:.0%} of validation images to "
+            f"review (the model is confident on all of them); default ±{DEFAULT_BAND} kept"
+        )
     return {
         "thresholds": {
             "default": 0.5,
