@@ -129,7 +129,7 @@ def main() -> int:
         watch_line(settings, base)
     print(
         f"""
-lineinspect is serving {settings.models[0].path} at {base}
+lineinspect is serving {", ".join(str(m.path) for m in settings.models)} at {base}
   predict:  curl -H 'content-type: image/jpeg' --data-binary @IMAGE.jpg {base}/v1/predict
   cameras:  {base}/v1/cameras     models: {base}/v1/models
   docs:     {base}/docs           metrics: {base}/metrics
