@@ -306,12 +306,15 @@ class LineInspect:
             except Exception:
                 self.metrics.model_reloads.labels(name, "failed").inc()
                 raise
-            if new.spec.task != self.models[name].spec.task:
+            current = self.models[name].spec
+            problem = None
+            if new.spec.task != current.task:
+                problem = f"change its task from {current.task} to {new.spec.task}"
+            elif new.spec.name != name:
+                problem = f"rename it to {new.spec.name!r} (cameras and metrics refer to {name!r})"
+            if problem:
                 self.metrics.model_reloads.labels(name, "failed").inc()
-                raise ValueError(
-                    f"reload of {name} would change its task from "
-                    f"{self.models[name].spec.task} to {new.spec.task}"
-                )
+                raise ValueError(f"reload of {name} would {problem}")
             old = self.slots[name].swap(new)
             self.batchers[name].model = new
             self.models[name] = new
