@@ -47,6 +47,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from service.inference.preprocess import PreprocessSpec, preprocess
+from training.dataset import UnionFind, phash  # one pHash and union-find for every split
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 INPUT_NAME = "images"
@@ -178,15 +179,6 @@ def discover(data: Path, good_class: str) -> dict[str, list[Path]]:
     return {good_class: classes[good_class], **defects}
 
 
-def phash(image: np.ndarray) -> int:
-    """64-bit DCT perceptual hash (same definition as training.dataset.phash)."""
-    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
-    small = cv2.resize(grey.astype(np.float32), (32, 32), interpolation=cv2.INTER_AREA)
-    low = cv2.dct(small)[:8, :8].flatten()
-    bits = low > np.median(low[1:])
-    return int(np.packbits(bits).view(">u8")[0])
-
-
 # Magnetic-tile file names: `exp<exposure>_num_<frame>`; the exposures of one tile have frame
 # numbers a few dozen apart, different tiles hundreds apart (gaps <= 40 inside a tile; 60 leaves
 # a margin and still separates tiles). pHash alone misses many of these siblings.
@@ -201,18 +193,8 @@ def duplicate_groups(
     when `names` are given, over chains of `expN_num_M` names whose frame numbers M lie within
     TILE_GAP of each other (the same tile shot at several exposures)."""
     n = len(hashes)
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(a: int, b: int) -> None:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
+    sets = UnionFind(n)
+    find, union = sets.find, sets.union
 
     arr = np.asarray(hashes, dtype=np.uint64).view(np.uint8).reshape(-1, 8)
     for start in range(0, n, 256):

@@ -343,7 +343,7 @@ def load_dataset(root: Path, fmt: str = "auto", classes: Sequence[str] | None = 
 # -- duplicates
 
 
-class _UnionFind:
+class UnionFind:
     def __init__(self, n: int) -> None:
         self.parent = list(range(n))
 
@@ -386,7 +386,7 @@ def find_duplicates(
         hashes[i] = phash(image)
     exact = [g for g in pixel_hash.values() if len(g) > 1]
     # Union-find over near pairs, computed block-wise so memory stays small.
-    near_sets = _UnionFind(len(samples))
+    near_sets = UnionFind(len(samples))
 
     bytes_view = hashes.view(np.uint8).reshape(-1, 8)
     for start in range(0, len(samples), 512):
@@ -474,7 +474,7 @@ def split_dataset(
     """Stratified by class and seeded; each duplicate group stays inside one split (no leakage)."""
     if abs(sum(fractions) - 1) > 1e-6 or min(fractions) <= 0:
         raise DatasetError(f"split fractions must be positive and sum to 1, got {fractions}")
-    owner = _UnionFind(len(ds.samples))
+    owner = UnionFind(len(ds.samples))
     for group in groups:
         for i in group[1:]:
             owner.union(group[0], i)
