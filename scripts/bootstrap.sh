@@ -3,6 +3,8 @@
 # Sourced by scripts/demo.sh and scripts/test.sh; safe to run again (it only does what is missing).
 #   LINEINSPECT_EXTRAS  pip extras to install (default: cpu,dev,train-yolo, which includes train)
 #   LINEINSPECT_VENV    virtualenv location   (default: .venv in the repository)
+#   LINEINSPECT_TEST_PACKAGES=1  also the system packages only the tests use (set by test.sh):
+#                       prometheus (promtool + a real scrape), chromium + chromedriver (operator page)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,6 +23,11 @@ as_root() {
 apt_packages=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || apt_packages+=(mosquitto)
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || apt_packages+=(python3-venv)
+if [ "${LINEINSPECT_TEST_PACKAGES:-0}" = 1 ]; then
+  command -v promtool >/dev/null 2>&1 || apt_packages+=(prometheus)
+  command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || apt_packages+=(chromium-driver)
+fi
 if [ "${#apt_packages[@]}" -gt 0 ]; then
   if command -v apt-get >/dev/null; then
     say "installing ${apt_packages[*]}"

@@ -21,6 +21,7 @@ from typing import Any
 from service.batcher import MicroBatcher
 from service.capture import Camera, CameraState, make_source
 from service.config import CameraConfig, ModelConfig, Settings
+from service.drift import DriftMonitor, DriftSettings, NullDrift
 from service.frames import BufferPolicy, FrameBuffer
 from service.inference.model import Model, load_model, make_policy
 from service.inference.runtime import RuntimeOptions
@@ -57,6 +58,7 @@ class LineInspect:
     outbox: Outbox | None = None
     link: MqttLink | NullLink = field(default_factory=NullLink)
     review: ReviewQueue | NullReview = field(default_factory=NullReview)
+    drift: DriftMonitor | NullDrift = field(default_factory=NullDrift)
     line: Line | None = None
     started: bool = False
     _model_configs: dict[str, ModelConfig] = field(default_factory=dict)
@@ -99,6 +101,7 @@ class LineInspect:
         if self.line is not None:
             self.line.stop()
             log.info("line drained and stopped")
+        self.drift.stop()
         self.link.stop(self.settings.mqtt.drain_timeout_s)
         if self.outbox is not None:
             depth, _ = self.outbox.depth()
@@ -177,8 +180,16 @@ class LineInspect:
             )
             review = self.review
             m.review_depth.set_function(review.depth)
+        if s.drift.enabled:
+            d = s.drift
+            self.drift = DriftMonitor(m, DriftSettings(
+                d.window, d.min_frames, d.sample_every, d.psi_bins, d.psi_watch, d.psi_alert,
+                d.queue_size,
+            ))  # fmt: skip
+        self.drift.start()
         routes: dict[str, Route] = {}
         pending: list[tuple[CameraConfig, FrameBuffer]] = []
+        route_model: dict[str, Model] = {}
         for cam in s.cameras:
             model_name = cam.model or self.default_model
             if model_name not in self.slots:
@@ -198,8 +209,9 @@ class LineInspect:
             )  # fmt: skip
             route.buffers.append(buffer)
             pending.append((cam, buffer))
+            route_model[cam.name] = route.slot.model
         self.line = Line(
-            s.line.name, prefix, routes, self.outbox, self.review, m,
+            s.line.name, prefix, routes, self.outbox, self.review, m, drift=self.drift,
             max_batch=s.line.max_batch, max_wait_s=s.line.max_wait_ms / 1000,
             preprocess_threads=s.line.preprocess_threads,
         )  # fmt: skip
@@ -220,6 +232,7 @@ class LineInspect:
                 on_trigger_timeout=self._trigger_timeout,
             )
             m.camera_up.labels(cam.name).set(0)
+            self.drift.init_camera(cam.name, route_model[cam.name])
             m.frames_captured.labels(cam.name)
             self.cameras[cam.name] = camera
             camera.start()
@@ -319,6 +332,7 @@ class LineInspect:
             self.batchers[name].model = new
             self.models[name] = new
             self._register_metrics(new, replaces=old)
+            self.drift.register(new)  # the cameras' windows restart on the new reference
             self.metrics.model_reloads.labels(name, "ok").inc()
             log.info(
                 "model %s reloaded: %s -> %s (sha256 %s)",

@@ -212,6 +212,28 @@ class ReviewConfig(_Section):
     budget_per_hour: int = Field(120, ge=0, description="Most frames kept per camera per hour.")
 
 
+class DriftConfig(_Section):
+    enabled: bool = Field(
+        True, description="Compare each camera's recent frames with the model card's reference."
+    )
+    window: int = Field(300, ge=10, description="Frames per camera in the sliding window.")
+    min_frames: int = Field(
+        100, ge=1, description="Frames needed before the drift state leaves 'warming_up'."
+    )
+    sample_every: int = Field(
+        1, ge=1, description="Add every Nth judged frame (raise it for many HD cameras)."
+    )
+    psi_bins: int = Field(
+        10, ge=2, le=20, description="Equal-reference-mass bins for PSI (fewer: less noise)."
+    )
+    psi_watch: float = Field(0.1, gt=0, description="PSI above this: state 'watch'.")
+    psi_alert: float = Field(0.25, gt=0, description="PSI above this: state 'alert'.")
+    queue_size: int = Field(
+        16, ge=1, description="Frames waiting for the drift worker; when full, new ones are "
+        "skipped and counted (lineinspect_drift_samples_skipped_total).",
+    )  # fmt: skip
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
@@ -239,6 +261,9 @@ class Settings(BaseSettings):
         default_factory=OutboxConfig, description="Durable verdict outbox."
     )
     review: ReviewConfig = Field(default_factory=ReviewConfig, description="Active-learning queue.")
+    drift: DriftConfig = Field(
+        default_factory=DriftConfig, description="Drift monitoring per camera."
+    )
 
     @field_validator("models")
     @classmethod

@@ -198,6 +198,40 @@ class Metrics:
         self.review_depth = Gauge(
             "lineinspect_review_queue_items", "Items in the review queue.", registry=r
         )
+        # -- drift against the model card's reference (service/drift.py)
+        self.drift_psi = Gauge(
+            "lineinspect_drift_psi",
+            "Population stability index of the camera's recent frames against the model card's "
+            "reference, by signal (brightness, contrast, sharpness, confidence, verdict). "
+            "Above 0.1: watch; above 0.25: drifted.",
+            ["camera", "signal"],
+            registry=r,
+        )
+        self.drift_ks = Gauge(
+            "lineinspect_drift_ks",
+            "Kolmogorov-Smirnov statistic (largest CDF gap, 0..1) of the camera's recent frames "
+            "against the reference, by signal.",
+            ["camera", "signal"],
+            registry=r,
+        )
+        self.drift_window = Gauge(
+            "lineinspect_drift_window_frames",
+            "Frames in the camera's drift window (drift is meaningful from drift.min_frames).",
+            ["camera"],
+            registry=r,
+        )
+        self.uncertain_ratio = Gauge(
+            "lineinspect_uncertain_ratio",
+            "Share of UNCERTAIN verdicts among the camera's recent frames (the drift window).",
+            ["camera"],
+            registry=r,
+        )
+        self.drift_skipped = Counter(
+            "lineinspect_drift_samples_skipped_total",
+            "Frames not added to the drift window because its worker was busy.",
+            ["camera"],
+            registry=r,
+        )
         self.model_reloads = Counter(
             "lineinspect_model_reloads_total",
             "Hot model reloads, by result.",

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from service.drift import NullDrift
 from service.frames import Frame, FrameBuffer
 from service.inference.model import Model, Result
 from service.metrics import Metrics
@@ -75,6 +76,10 @@ class Outcome:
 
 class ReviewSink(Protocol):
     def offer(self, frame: Frame, result: Result, sequence: int) -> None: ...
+
+
+class DriftSink(Protocol):
+    def offer(self, frame: Frame, result: Result) -> None: ...
 
 
 def finding_json(f: Finding) -> dict[str, Any]:
@@ -137,9 +142,11 @@ class Line:
         preprocess_threads: int = 2,
         publish_queue: int = 32,  # each item holds its frame (for review): keep memory bounded
         on_verdict: Callable[[dict[str, Any]], None] | None = None,
+        drift: DriftSink | None = None,
     ) -> None:
         self.line, self.prefix = topic_segment(line), prefix.strip("/")
         self.routes, self.outbox, self.review, self.metrics = routes, outbox, review, metrics
+        self.drift: DriftSink = drift or NullDrift()
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self._pool = ThreadPoolExecutor(preprocess_threads, thread_name_prefix="preprocess")
         self._handoff: queue.Queue[Outcome | None] = queue.Queue(maxsize=publish_queue)
@@ -154,6 +161,8 @@ class Line:
         ]
         self._publisher = threading.Thread(target=self._publish_loop, name="publisher", daemon=True)
         self.last_verdict: dict[str, dict[str, Any]] = {}  # per camera, for health and the UI
+        # Per camera: the last judged frame and its result, for the operator page's live view.
+        self.last_frame: dict[str, tuple[Frame, Result | None]] = {}
 
     def topic(self, camera: str, kind: str) -> str:
         return f"{self.prefix}/{self.line}/{topic_segment(camera)}/{kind}"
@@ -299,7 +308,10 @@ class Line:
                 self.review.offer(outcome.frame, outcome.result, seq)
             except Exception as exc:
                 self._error("review", outcome.frame, exc)
+            self.drift.offer(outcome.frame, outcome.result)  # non-blocking: a worker bins it
         self.last_verdict[camera] = payload
+        if outcome.frame.frame_id or outcome.result is not None:  # not a frameless error
+            self.last_frame[camera] = (outcome.frame, outcome.result)
         self._on_verdict(payload)
         return payload
 

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from service.drift import image_stats as drift_image_stats
 from service.inference.card import ModelCard, card_path_for, dump_card
 from service.inference.registry import file_sha256
 
@@ -30,15 +30,11 @@ def sha256_of(path: Path) -> str:
 def image_stats(image: np.ndarray) -> dict[str, float]:
     """Brightness (mean grey), contrast (grey std) and sharpness (variance of the Laplacian).
 
-    The service computes the same three numbers on live frames for drift monitoring, so the
-    definitions must stay identical on both sides.
+    The service's own function: it computes the same three numbers on live frames for drift, so
+    the reference and the live values cannot disagree on a definition.
     """
-    grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    return {
-        "brightness": float(grey.mean()),
-        "contrast": float(grey.std()),
-        "sharpness": float(cv2.Laplacian(grey, cv2.CV_64F).var()),
-    }
+    brightness, contrast, sharpness = drift_image_stats(image)
+    return {"brightness": brightness, "contrast": contrast, "sharpness": sharpness}
 
 
 def _histogram(values: Sequence[float], edges: Sequence[float]) -> dict[str, Any]:

@@ -54,6 +54,22 @@ def cameras(service: Service) -> dict[str, Any]:
     }
 
 
+@router.get(
+    "/drift",
+    summary="Per camera: drift of recent frames against the model card's reference "
+    "(PSI and KS per signal, the window size, the uncertain ratio and a state: "
+    "off, warming_up, ok, watch or alert).",
+)
+def drift(service: Service) -> dict[str, Any]:
+    s = service.settings.drift
+    return {
+        "levels": {"psi_watch": s.psi_watch, "psi_alert": s.psi_alert},
+        "min_frames": s.min_frames,
+        "window": s.window,
+        "cameras": service.drift.snapshot(),
+    }
+
+
 @router.post(
     "/cameras/{camera}/trigger",
     summary="Judge the next frame of a trigger-mode camera as this part (one verdict per part).",

@@ -1,0 +1,89 @@
+"""Drift on a running line: a darkened, shadowed or blurred camera alerts; a healthy one does not.
+
+Real line, real model (the shipped NEU classifier, whose card holds the validation reference),
+real held-out images (the test split of its manifest, never used for the reference), read back
+through real HTTP: /metrics (what Prometheus scrapes) and /v1/drift.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from tests.integration.conftest import REPO, Broker
+from tests.integration.test_line import Serve, folder_camera, line_config
+
+
+def held_out(data_dir: Path) -> list[Path]:
+    manifest = json.loads((REPO / "models" / "neu-cls-split.json").read_text())
+    paths = [data_dir / "neu-det" / item["path"] for item in manifest["splits"]["test"]]
+    assert len(paths) > 150 and all(p.exists() for p in paths[:5]), "NEU test split not found"
+    random.Random(0).shuffle(paths)  # a line sees the classes mixed, not sorted by name
+    return paths
+
+
+def write_frames(folder: Path, paths: list[Path], transform: str) -> Path:
+    folder.mkdir()
+    for i, path in enumerate(paths):
+        image = cv2.imread(str(path))
+        if transform == "dark":
+            image = cv2.convertScaleAbs(image, alpha=0.55)
+        elif transform == "shadow":
+            ramp = np.linspace(1.0, 0.35, image.shape[1], dtype=np.float32)[None, :, None]
+            image = np.clip(image * ramp, 0, 255).astype(np.uint8)
+        elif transform == "blur":
+            image = cv2.GaussianBlur(image, (0, 0), 2.0)
+        cv2.imwrite(str(folder / f"{i:05d}.png"), image)  # lossless: only the transform differs
+    return folder
+
+
+def gauge(metrics: str, name: str, **labels: str) -> float:
+    body = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    match = re.search(rf"^{name}\{{{re.escape(body)}\}} (\S+)$", metrics, re.M)
+    assert match, f"{name}{{{body}}} not exported"
+    return float(match.group(1))
+
+
+def test_drifted_cameras_alert_and_the_healthy_one_does_not(
+    serve: Serve, broker: Broker, tmp_path: Path, data_dir: Path
+) -> None:
+    paths = held_out(data_dir)
+    cams = ["healthy", "dark", "shadow", "blur"]
+    cameras = [
+        folder_camera(c, write_frames(tmp_path / c, paths, c), pattern="*.png") for c in cams
+    ]
+    cfg = line_config(
+        tmp_path, broker, cameras,
+        models=[{"path": str(REPO / "models" / "neu-cls-int8.onnx")}],
+        drift={"window": 150, "min_frames": 100},
+    )  # fmt: skip
+    running = serve(config=cfg)
+    deadline = time.monotonic() + 90
+    while True:
+        drift = running.client.get("/v1/drift").json()["cameras"]
+        if all(drift.get(c, {}).get("window", 0) >= 150 for c in cams):
+            break
+        assert time.monotonic() < deadline, f"windows never filled: {drift}"
+        time.sleep(0.25)
+    metrics = running.client.get("/metrics").text
+    psi = {
+        c: {s: gauge(metrics, "lineinspect_drift_psi", camera=c, signal=s)
+            for s in ("brightness", "contrast", "sharpness", "confidence")}
+        for c in cams
+    }  # fmt: skip
+    assert max(psi["healthy"].values()) < 0.25, psi["healthy"]
+    assert drift["healthy"]["state"] in ("ok", "watch")
+    assert psi["dark"]["brightness"] > 1.0, psi["dark"]
+    assert psi["shadow"]["brightness"] > 0.5, psi["shadow"]
+    assert psi["blur"]["sharpness"] > 1.0, psi["blur"]
+    for c in ("dark", "shadow", "blur"):
+        assert drift[c]["state"] == "alert", (c, drift[c])
+        assert gauge(metrics, "lineinspect_drift_ks", camera=c, signal="brightness") >= 0
+    assert gauge(metrics, "lineinspect_drift_window_frames", camera="healthy") == 150
+    assert 0 <= gauge(metrics, "lineinspect_uncertain_ratio", camera="healthy") <= 1
