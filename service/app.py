@@ -27,7 +27,7 @@ from service.inference.model import Model, load_model, make_policy
 from service.inference.runtime import RuntimeOptions
 from service.metrics import Metrics
 from service.outbox import Outbox
-from service.pipeline import Line, ModelSlot, Route, topic_segment
+from service.pipeline import Line, ModelSlot, Route, VerdictFeed, topic_segment
 from service.sinks.mqtt import MqttLink, MqttOptions, NullLink
 from service.sinks.review import NullReview, ReviewQueue
 
@@ -59,6 +59,7 @@ class LineInspect:
     link: MqttLink | NullLink = field(default_factory=NullLink)
     review: ReviewQueue | NullReview = field(default_factory=NullReview)
     drift: DriftMonitor | NullDrift = field(default_factory=NullDrift)
+    feed: VerdictFeed = field(default_factory=VerdictFeed)  # the last verdicts, for the UI
     line: Line | None = None
     started: bool = False
     _model_configs: dict[str, ModelConfig] = field(default_factory=dict)
@@ -212,6 +213,7 @@ class LineInspect:
             route_model[cam.name] = route.slot.model
         self.line = Line(
             s.line.name, prefix, routes, self.outbox, self.review, m, drift=self.drift,
+            on_verdict=self.feed.add,
             max_batch=s.line.max_batch, max_wait_s=s.line.max_wait_ms / 1000,
             preprocess_threads=s.line.preprocess_threads,
         )  # fmt: skip

@@ -10,10 +10,13 @@ and the caller answers 503, counted in `lineinspect_rejected_inputs_total{reason
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import queue
 import threading
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -55,6 +58,14 @@ class MicroBatcher:
         self.max_size = max_size if limit is None else min(max_size, limit)
         self.max_wait_s = max_wait_s
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
+        # HTTP admission: requests between decoding and their result each hold a decoded image
+        # and a tensor (~8 MB for a 720p JPEG and a 640-px model); two batches' worth keep the
+        # model busy, the rest wait holding only their body. Without it a 640-px model peaked
+        # at 1.1 GB RSS at 64 clients (docs/BENCHMARKS.md, issue 6).
+        self.admission_limit = max(4, 2 * self.max_size)
+        self._admission: asyncio.Semaphore | None = None
+        self._admission_loop: asyncio.AbstractEventLoop | None = None
+        self._admission_waiting = 0
         self._arriving = 0
         self._lock = threading.Lock()
         self._thread = threading.Thread(
@@ -76,6 +87,27 @@ class MicroBatcher:
     @property
     def running(self) -> bool:
         return self._thread.is_alive()
+
+    @contextlib.asynccontextmanager
+    async def admitted(self) -> AsyncIterator[None]:
+        """Hold one of `admission_limit` places from decoding until the result is back; raises
+        OverloadedError when as many requests as the queue holds are already waiting."""
+        loop = asyncio.get_running_loop()
+        if self._admission is None or self._admission_loop is not loop:  # bound to its loop
+            self._admission = asyncio.Semaphore(self.admission_limit)
+            self._admission_loop = loop
+        admission = self._admission
+        if self._admission_waiting >= self._queue.maxsize:
+            raise OverloadedError(f"{self._queue.maxsize} requests already waiting")
+        self._admission_waiting += 1
+        try:
+            await admission.acquire()
+        finally:
+            self._admission_waiting -= 1
+        try:
+            yield
+        finally:
+            admission.release()
 
     def announce(self) -> None:
         """A request has started decoding and will submit soon: worth waiting for."""

@@ -117,6 +117,14 @@ def _check_complete(data: bytes, fmt: str) -> None:
             raise ImageError(f"truncated BMP: {len(data)} of {declared} bytes")
 
 
+MAX_SIDE = 1 << 20  # CV_IO_MAX_IMAGE_WIDTH / HEIGHT
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1][:160] if text else type(exc).__name__
+
+
 def decode_image(data: bytes, max_pixels: int, declared_format: str | None = None) -> UInt8Image:
     """Bytes -> BGR uint8 image (H, W, 3), or ImageError with a reason and an HTTP status."""
     if not data:
@@ -135,10 +143,17 @@ def decode_image(data: bytes, max_pixels: int, declared_format: str | None = Non
         raise ImageError(
             f"image too large: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}", 413
         )
+    if max(h, w) > MAX_SIDE:  # OpenCV's own limit: it would raise instead of returning None
+        raise ImageError(f"image too large: {w}x{h}, a side exceeds {MAX_SIDE} pixels", 413)
     _check_complete(data, fmt)
     buf = np.frombuffer(data, np.uint8)
     # Line cameras do not rotate: EXIF orientation would only swap the axes of the boxes.
-    image = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    try:
+        image = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error as exc:  # a decoder assertion on hostile bytes is the client's error
+        raise ImageError(
+            f"corrupt {fmt.upper()}: the decoder refused it ({_first_line(exc)})"
+        ) from exc
     if image is None:
         raise ImageError(f"corrupt {fmt.upper()}: the decoder could not read it")
     if image.shape[:2] != (h, w):

@@ -72,6 +72,7 @@ class Outbox:
         self._db.executescript(SCHEMA)
         self._appended = threading.Condition(self._lock)
         self._since_trim = 0
+        self._ack_backlog: list[int] = []
 
     def close(self) -> None:
         with self._lock:
@@ -136,15 +137,34 @@ class Outbox:
         return [Message(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5]) for r in rows]
 
     def ack(self, ids: list[int]) -> None:
-        if not ids:
-            return
+        """Delete delivered messages. On a full disk even a DELETE can fail (it needs journal
+        space): the ids are kept and deleted with the next ack. Until then depth() does not
+        count them, and this run never sends them again (its cursor is past them)."""
         with self._lock:
-            self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+            todo = [*self._ack_backlog, *ids]
+            if not todo:
+                return
+            try:
+                self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in todo])
+            except sqlite3.OperationalError as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if not self._ack_backlog:
+                    log.warning("outbox %s: delivered messages not yet deleted: %s", self.path, exc)
+                self._ack_backlog = todo
+                return
+            self._ack_backlog = []
 
     def depth(self) -> tuple[int, float | None]:
         """(rows waiting, age in seconds of the oldest)."""
         with self._lock:
             count, oldest = self._db.execute("SELECT COUNT(*), MIN(created) FROM outbox").fetchone()
+            if self._ack_backlog:  # delivered, only not deleted yet (full disk)
+                marks = ",".join("?" * len(self._ack_backlog))
+                count, oldest = self._db.execute(
+                    f"SELECT COUNT(*), MIN(created) FROM outbox WHERE id NOT IN ({marks})",
+                    self._ack_backlog,
+                ).fetchone()
         return int(count), (time.time() - oldest) if oldest is not None else None
 
     def _trim_locked(self) -> None:

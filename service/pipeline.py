@@ -20,6 +20,7 @@ import queue
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from service.types import Finding, StageTimes, Verdict
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
+STOP_GRACE_S = 10.0  # how long a stopping line keeps retrying a full disk before logging verdicts
 _SEGMENT = re.compile(r"[^a-z0-9_-]+")
 
 
@@ -151,6 +153,7 @@ class Line:
         self._pool = ThreadPoolExecutor(preprocess_threads, thread_name_prefix="preprocess")
         self._handoff: queue.Queue[Outcome | None] = queue.Queue(maxsize=publish_queue)
         self._stop = threading.Event()
+        self._stopped_at: float | None = None
         self._on_verdict = on_verdict or (lambda payload: None)
         self._sequences: dict[str, int] = {}
         self._workers = [
@@ -174,6 +177,7 @@ class Line:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Drain: infer what is buffered, publish every result, then stop (cameras stop first)."""
+        self._stopped_at = time.monotonic()
         self._stop.set()
         for route in self.routes.values():
             route.ready.set()
@@ -184,19 +188,21 @@ class Line:
         self._pool.shutdown(wait=True)
 
     # -- inference stage
-    def _collect(self, buffers: Sequence[FrameBuffer]) -> list[Frame]:
-        """Up to max_batch frames, one per camera per pass. Waits at most max_wait for more once
-        it has one (0 by default: greedy batching, frames that queued during the last run)."""
+    def _collect(self, buffers: Sequence[FrameBuffer], model_limit: int | None) -> list[Frame]:
+        """Up to max_batch frames (fewer when one run of the model takes fewer), one per camera
+        per pass. Waits at most max_wait for more once it has one (0 by default: greedy
+        batching, frames that queued during the last run)."""
+        limit = min(self.max_batch, model_limit or self.max_batch)
         frames: list[Frame] = []
         deadline: float | None = None
-        while len(frames) < self.max_batch:
+        while len(frames) < limit:
             got = False
             for b in buffers:
                 frame = b.get_nowait()
                 if frame is not None:
                     frames.append(frame)
                     got = True
-                    if len(frames) >= self.max_batch:
+                    if len(frames) >= limit:
                         break
             if got:
                 continue
@@ -212,7 +218,7 @@ class Line:
         route = self.routes[name]
         slot, buffers, ready = route.slot, route.buffers, route.ready
         while True:
-            frames = self._collect(buffers)
+            frames = self._collect(buffers, slot.model.max_batch)
             if not frames:
                 if self._stop.is_set():
                     return
@@ -284,19 +290,7 @@ class Line:
         payload = verdict_payload(self.line, outcome, seq)
         if self.outbox is not None:
             data = json.dumps(payload, separators=(",", ":")).encode()
-            while True:
-                try:
-                    self.outbox.append(
-                        self.topic(camera, "verdict"), data, qos=1, sequence=(camera, seq)
-                    )
-                    break
-                except OutboxFullError as exc:  # disk full: keep the verdict, keep retrying
-                    self._error("outbox", outcome.frame, exc)
-                    if self._stop.wait(1.0) and self._handoff.empty():
-                        log.error(
-                            "stopping with the outbox unwritable: verdict %s/%d lost", camera, seq
-                        )
-                        break
+            self._spool(outcome.frame, camera, seq, data)
         m = self.metrics
         m.verdicts.labels(camera, payload["verdict"]).inc()
         m.frame_to_verdict.labels(camera).observe(
@@ -315,6 +309,36 @@ class Line:
         self._on_verdict(payload)
         return payload
 
+    def _spool(self, frame: Frame, camera: str, seq: int, data: bytes) -> None:
+        """Write the verdict to the outbox; on a full disk keep it and retry every second.
+
+        Every failed attempt is counted; the log says so once, then every 30 s. Only when the
+        line is stopping and the disk is still full after `STOP_GRACE_S` is a verdict given up,
+        and then its whole payload goes to the log so it can still be recovered."""
+        assert self.outbox is not None
+        attempts = 0
+        while True:
+            try:
+                self.outbox.append(
+                    self.topic(camera, "verdict"), data, qos=1, sequence=(camera, seq)
+                )
+                if attempts:
+                    log.warning("camera %s frame %d: outbox writable again after %d attempts",
+                                camera, frame.frame_id, attempts)  # fmt: skip
+                return
+            except OutboxFullError as exc:
+                self.metrics.pipeline_errors.labels("outbox").inc()
+                if attempts % 30 == 0:
+                    log.error("camera %s frame %d: outbox failed (retrying every second): %s",
+                              camera, frame.frame_id, exc)  # fmt: skip
+                attempts += 1
+                stopping = self._stopped_at is not None
+                if stopping and time.monotonic() - (self._stopped_at or 0) > STOP_GRACE_S:
+                    log.error("stopping with the outbox unwritable: verdict %s/%d not stored, "
+                              "payload: %s", camera, seq, data.decode())  # fmt: skip
+                    return
+                time.sleep(1.0)
+
     def _publish_loop(self) -> None:
         while True:
             item = self._handoff.get()
@@ -330,6 +354,47 @@ class Line:
         now_m, now_w = time.monotonic(), time.time()
         frame = Frame(camera, 0, np.zeros((1, 1, 3), np.uint8), now_m, now_w, part_id)
         self._handoff.put(Outcome(frame, None, reason, now_m))
+
+
+FEED_SIZE = 200
+
+
+class VerdictFeed:
+    """The last verdicts across cameras, newest first, bounded (the operator page's feed).
+
+    `add` is the line's `on_verdict` callback: it runs on the publisher thread for every
+    verdict, so it only appends a small summary to a bounded deque."""
+
+    def __init__(self, size: int = FEED_SIZE) -> None:
+        self._items: deque[dict[str, Any]] = deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def add(self, payload: dict[str, Any]) -> None:
+        summary = _summary(payload)
+        with self._lock:
+            self._items.appendleft(summary)
+
+    def recent(self, limit: int) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._items)[:limit]
+
+
+def _summary(payload: dict[str, Any]) -> dict[str, Any]:
+    findings = payload.get("findings") or []
+    top = findings[0] if findings else None
+    return {
+        "camera": payload.get("camera"),
+        "sequence": payload.get("sequence"),
+        "frame_id": payload.get("frame_id"),
+        "part_id": payload.get("part_id"),
+        "verdict": payload.get("verdict"),
+        "reason": payload.get("reason"),
+        "error": bool(payload.get("error")),
+        "decided_at": payload.get("decided_at"),
+        "top": {"class_name": top.get("class_name"), "confidence": top.get("confidence")}
+        if top
+        else None,
+    }
 
 
 def _safe(fn: Callable[[Any], Any], arg: Any) -> Any:

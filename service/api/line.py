@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from service.api.deps import Service, require_token
 from service.api.models import describe
-from service.api.schemas import ModelDescription
+from service.api.schemas import ModelDescription, errors
 from service.inference.card import CardError
 from service.inference.registry import ModelError
 from service.inference.runtime import RuntimeSetupError
@@ -75,6 +75,7 @@ def drift(service: Service) -> dict[str, Any]:
     summary="Judge the next frame of a trigger-mode camera as this part (one verdict per part).",
     dependencies=[Depends(require_token)],
     status_code=202,
+    responses=errors(400, 401, 404, 409, 422),
 )
 def trigger(service: Service, camera: str, body: TriggerRequest) -> dict[str, str]:
     try:
@@ -92,6 +93,7 @@ def trigger(service: Service, camera: str, body: TriggerRequest) -> dict[str, st
     "/models/{name}/reload",
     summary="Load the model's file (and card) again and swap it in without stopping anything.",
     dependencies=[Depends(require_token)],
+    responses=errors(400, 401, 404, 422),
 )
 def reload_model(
     service: Service, name: str, body: ReloadRequest | None = None

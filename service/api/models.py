@@ -12,13 +12,17 @@ from service.api.schemas import (
     ModelsResponse,
     ThresholdsResponse,
     ThresholdsUpdate,
+    errors,
 )
 from service.inference.card import ThresholdSpec
 from service.inference.model import Model, make_policy, thresholds_of
 
 router = APIRouter(prefix="/v1", tags=["models"])
 ModelName = Annotated[
-    str | None, Query(description="Model name; default: the first configured model.")
+    str | None,
+    Query(
+        min_length=1, max_length=128, description="Model name; default: the first configured model."
+    ),
 ]
 
 
@@ -61,7 +65,7 @@ def list_models(service: Service) -> ModelsResponse:
     )
 
 
-@router.get("/thresholds", summary="A model's current thresholds.")
+@router.get("/thresholds", summary="A model's current thresholds.", responses=errors(404, 422, 503))
 def get_thresholds(service: Service, model: ModelName = None) -> ThresholdsResponse:
     return _thresholds(find_model(service, model))
 
@@ -70,10 +74,7 @@ def get_thresholds(service: Service, model: ModelName = None) -> ThresholdsRespo
     "/thresholds",
     summary="Replace a model's thresholds without reloading it.",
     dependencies=[Depends(require_token)],
-    responses={
-        401: {"description": "Token missing or wrong."},
-        422: {"description": "Bad values."},
-    },
+    responses=errors(400, 401, 404, 422, 503),
 )
 def put_thresholds(
     service: Service, body: ThresholdsUpdate, model: ModelName = None

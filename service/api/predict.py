@@ -14,10 +14,10 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.api.deps import Service, find_model, predict_token
-from service.api.schemas import PredictResponse, predict_response
-from service.batcher import OverloadedError
+from service.api.schemas import PredictResponse, errors, predict_response
+from service.batcher import MicroBatcher, OverloadedError
 from service.imageio import GENERIC_MEDIA_TYPES, MEDIA_TYPES, ImageError, decode_image
-from service.inference.model import Model
+from service.inference.model import Model, Result
 from service.inference.preprocess import Geometry
 from service.metrics import Metrics
 from service.types import StageTimes
@@ -44,7 +44,10 @@ _request_body = {
 
 def _reject(metrics: Metrics, status: int, reason: str, detail: str) -> HTTPException:
     metrics.rejected_inputs.labels(reason).inc()
-    return HTTPException(status, detail)
+    # A body refused before it was read leaves bytes on the connection: close it, or they would
+    # be parsed as the client's next request.
+    headers = {"connection": "close"} if status == 413 else None
+    return HTTPException(status, detail, headers)
 
 
 async def read_limited(request: Request, limit: int, metrics: Metrics) -> bytes:
@@ -103,20 +106,15 @@ def _prepare(model: Model, data: bytes, max_pixels: int) -> tuple[object, Geomet
     response_model=PredictResponse,
     dependencies=[Depends(predict_token)],
     openapi_extra={"requestBody": _request_body},
-    responses={
-        400: {"description": "Empty, corrupt or truncated image."},
-        401: {"description": "Token required and missing or wrong."},
-        404: {"description": "No such model."},
-        413: {"description": "Body or declared image size over the limit."},
-        415: {"description": "Unsupported media type or image format."},
-        422: {"description": "Bad parameters."},
-        503: {"description": "Not ready or overloaded; retry."},
-    },
+    responses=errors(400, 401, 404, 413, 415, 422, 503),
 )
 async def predict(
     request: Request,
     service: Service,
-    model: Annotated[str | None, Query(description="Model name; default: the first.")] = None,
+    model: Annotated[
+        str | None,
+        Query(min_length=1, max_length=128, description="Model name; default: the first."),
+    ] = None,
 ) -> Response:
     metrics, api = service.metrics, service.settings.api
     target = find_model(service, model)
@@ -138,11 +136,25 @@ async def predict(
     if media == "multipart/form-data":
         body = await _file_from_multipart(request, body, api.max_body_bytes, metrics)
 
+    try:
+        async with batcher.admitted():  # bounds the decoded images and tensors held at once
+            result = await _judge(batcher, target, body, api.max_image_pixels, metrics)
+    except OverloadedError as exc:
+        metrics.rejected_inputs.labels("overloaded").inc()
+        raise HTTPException(503, f"overloaded: {exc}", {"Retry-After": "1"}) from exc
+    metrics.observe(result)
+    # Built from the typed model and serialised once: returning the Response skips FastAPI's
+    # second validation pass over the same data (measurable on small models).
+    payload = predict_response(result, request_id(request)).model_dump_json()
+    return Response(payload, media_type="application/json")
+
+
+async def _judge(
+    batcher: MicroBatcher, target: Model, body: bytes, max_pixels: int, metrics: Metrics
+) -> Result:
     batcher.announce()
     try:
-        tensor, geometry, times = await run_in_threadpool(
-            _prepare, target, body, api.max_image_pixels
-        )
+        tensor, geometry, times = await run_in_threadpool(_prepare, target, body, max_pixels)
     except ImageError as exc:
         batcher.withdraw()
         reason = {413: "too_large", 415: "image_format"}.get(exc.status, "bad_image")
@@ -150,17 +162,8 @@ async def predict(
     except BaseException:
         batcher.withdraw()
         raise
-    try:
-        future = batcher.submit(tensor, geometry, times, target)  # type: ignore[arg-type]
-    except OverloadedError as exc:
-        metrics.rejected_inputs.labels("overloaded").inc()
-        raise HTTPException(503, f"overloaded: {exc}", {"Retry-After": "1"}) from exc
-    result = await asyncio.wrap_future(future)
-    metrics.observe(result)
-    # Built from the typed model and serialised once: returning the Response skips FastAPI's
-    # second validation pass over the same data (measurable on small models).
-    payload = predict_response(result, request_id(request)).model_dump_json()
-    return Response(payload, media_type="application/json")
+    future = batcher.submit(tensor, geometry, times, target)  # type: ignore[arg-type]
+    return await asyncio.wrap_future(future)
 
 
 def request_id(request: Request) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 from service.inference.model import Result
@@ -152,7 +154,8 @@ class ModelDescription(BaseModel):
     classes: list[str]
     good_classes: list[str]
     input_name: str
-    input_size: tuple[int, int] = Field(description="(height, width)")
+    # a list, not a tuple: FastAPI renders tuples as OpenAPI 3.0 `items: [...]`, invalid in 3.1
+    input_size: list[int] = Field(min_length=2, max_length=2, description="[height, width]")
     resize: str
     color: str
     batch: int | None = Field(description="Fixed batch size, or null when dynamic.")
@@ -184,3 +187,26 @@ class ThresholdsResponse(BaseModel):
     model: str
     good_classes: list[str]
     thresholds: ThresholdsUpdate
+
+
+class ErrorResponse(BaseModel):
+    """Every refusal: a precise, human-readable reason (FastAPI's list form for bad fields)."""
+
+    detail: str | list[Any]
+
+
+_ERRORS = {
+    400: "Malformed input: empty, corrupt or truncated image, broken multipart.",
+    401: "A bearer token is required (api.token is set) and it is missing or wrong.",
+    404: "No such model, camera or item.",
+    409: "The request conflicts with the current state (e.g. the camera is not in trigger mode).",
+    413: "Body or declared image size over the limit; the connection is closed.",
+    415: "Unsupported media type or image format.",
+    422: "Invalid parameters or body.",
+    503: "Not ready (loading or stopping) or overloaded: retry later.",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the error codes a route can answer (all with `ErrorResponse`)."""
+    return {code: {"model": ErrorResponse, "description": _ERRORS[code]} for code in codes}

@@ -35,6 +35,13 @@ from service.types import (
 
 log = logging.getLogger(__name__)
 
+# Most input pixels one session.run takes on the CPU provider: one 640x640 image, four 320x320,
+# eight 224x224. On a CPU a bigger batch buys nothing per image (YOLOv8n at 640 px on 2 cores,
+# one thread: 42.5 ms per image at batch 1, 47.7 at batch 8), but every image in a run adds its
+# activations (~50 MB at 640 px) to ONNX Runtime's arena, which keeps its peak: the HTTP server
+# reached 861 MB RSS at 16 clients (docs/BENCHMARKS.md, issue 6).
+CPU_RUN_PIXELS = 640 * 640
+
 
 @dataclass(frozen=True)
 class Result:
@@ -97,6 +104,10 @@ class Model:
         self._policy = policy
         self._policy_lock = threading.Lock()
         self.warmed = False
+        self._run_limit = spec.fixed_batch
+        if self._run_limit is None and self.providers[:1] == ["CPUExecutionProvider"]:
+            h, w = spec.preprocess.size
+            self._run_limit = max(1, CPU_RUN_PIXELS // (h * w))
 
     # -- policy: swapped whole, so a reader always sees one consistent set of thresholds
     @property
@@ -112,8 +123,9 @@ class Model:
 
     @property
     def max_batch(self) -> int | None:
-        """Largest batch one `session.run` may take; None when the batch axis is dynamic."""
-        return self.spec.fixed_batch
+        """Largest batch one `session.run` takes: the model's fixed batch, or on the CPU provider
+        the images that fit CPU_RUN_PIXELS; None: no limit (a dynamic batch on a GPU)."""
+        return self._run_limit
 
     # -- stages
     def preprocess(self, image: UInt8Image) -> tuple[np.ndarray, Geometry]:
@@ -122,17 +134,18 @@ class Model:
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """Raw outputs for a (B, C, H, W) batch of any size.
 
-        A model exported with a fixed batch size gets chunks of exactly that size, the last one
-        padded with blank images whose outputs are dropped.
+        A batch larger than `max_batch` runs in chunks of that size; a model exported with a
+        fixed batch size gets chunks of exactly that size, the last one padded with blank images
+        whose outputs are dropped.
         """
-        fixed, n = self.spec.fixed_batch, batch.shape[0]
-        if fixed is None or n == fixed:
+        fixed, limit, n = self.spec.fixed_batch, self._run_limit, batch.shape[0]
+        if limit is None or n == fixed or (fixed is None and n <= limit):
             outputs: list[np.ndarray] = self.session.run(None, {self.spec.input_name: batch})
             return outputs
         parts = []
-        for start in range(0, n, fixed):
-            chunk = batch[start : start + fixed]
-            if len(chunk) < fixed:
+        for start in range(0, n, limit):
+            chunk = batch[start : start + limit]
+            if fixed is not None and len(chunk) < fixed:
                 pad = np.zeros((fixed - len(chunk), *chunk.shape[1:]), chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
             parts.append(self.session.run(None, {self.spec.input_name: chunk}))

@@ -173,28 +173,36 @@ class MqttLink:
     # -- the drain (own thread)
     def _drain(self) -> None:
         while not self._stop.is_set():
-            self._collect_acks()
-            if not self.connected.is_set():
-                self._stop.wait(0.1)
-                continue
-            room = self.options.inflight - len(self._inflight)
-            if room <= 0:
-                self._stop.wait(0.002)
-                continue
-            batch = self.outbox.pending(after_id=self._cursor, limit=room)
-            if not batch:
-                self.outbox.wait(0.05)
-                continue
-            for msg in batch:
-                if not self.connected.is_set():
-                    break
-                info = self._client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
-                if msg.qos == 0:
-                    self.outbox.ack([msg.id])
-                else:
-                    self._inflight.append((info, msg.id))
-                self._cursor = msg.id
+            try:
+                self._drain_once()
+            except Exception:  # the drain must outlive any error, or nothing is sent again
+                log.exception("mqtt: drain step failed; retrying in 1 s")
+                self._stop.wait(1.0)
         self._collect_acks()
+
+    def _drain_once(self) -> None:
+        """One step: collect acks, then publish what fits in the in-flight window."""
+        self._collect_acks()
+        if not self.connected.is_set():
+            self._stop.wait(0.1)
+            return
+        room = self.options.inflight - len(self._inflight)
+        if room <= 0:
+            self._stop.wait(0.002)
+            return
+        batch = self.outbox.pending(after_id=self._cursor, limit=room)
+        if not batch:
+            self.outbox.wait(0.05)
+            return
+        for msg in batch:
+            if not self.connected.is_set():
+                break
+            info = self._client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+            if msg.qos == 0:
+                self.outbox.ack([msg.id])
+            else:
+                self._inflight.append((info, msg.id))
+            self._cursor = msg.id
 
     def _collect_acks(self) -> None:
         if not self._inflight:

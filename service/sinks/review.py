@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import shutil
 import threading
 import time
@@ -146,6 +147,85 @@ class NullReview:
         return 0
 
 
+# -- browsing and labelling (the operator page)
+
+# Names that may reach the file system from a URL: the camera pattern of `CameraConfig.name`
+# and the `<captured ms>-<sequence>` ids `ReviewQueue.offer` writes. Nothing else is looked up.
+CAMERA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ITEM_ID = re.compile(r"^[0-9]{1,16}-[0-9]{1,12}$")
+_DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_label_lock = threading.Lock()
+
+
+def _order(path: Path) -> tuple[int, int]:
+    ms, _, seq = path.stem.partition("-")
+    return int(ms), int(seq)
+
+
+def item_path(root: Path, camera: str, item_id: str) -> Path | None:
+    """The JSON file of one item, or None: strict names, and never a path outside `root`."""
+    if not CAMERA_NAME.fullmatch(camera) or not ITEM_ID.fullmatch(item_id):
+        return None
+    base, folder = root.resolve(), root / camera
+    if not folder.is_dir():
+        return None
+    for day in sorted(folder.iterdir(), reverse=True):
+        path = day / f"{item_id}.json"
+        if _DAY.fullmatch(day.name) and path.is_file():
+            resolved = path.resolve()  # a symlink planted in the queue must not lead out of it
+            return resolved if resolved.is_relative_to(base) else None
+    return None
+
+
+def list_items(
+    root: Path,
+    camera: str | None = None,
+    status: str = "all",
+    limit: int = 50,
+    max_read: int = 2000,
+) -> list[dict[str, Any]]:
+    """Newest first, at most `limit` items; `status` pending (no label yet), labelled or all.
+
+    Walks day folders newest first and reads at most `max_read` records, so a large queue costs
+    a bounded amount per call."""
+    if camera is not None and not CAMERA_NAME.fullmatch(camera):
+        return []
+    cameras = [root / camera] if camera else [p for p in root.glob("*") if p.is_dir()]
+    days: dict[str, list[Path]] = {}
+    for folder in cameras:
+        for day in folder.glob("*"):
+            if _DAY.fullmatch(day.name) and day.is_dir():
+                days.setdefault(day.name, []).append(day)
+    out: list[dict[str, Any]] = []
+    read = 0
+    for day_name in sorted(days, reverse=True):
+        paths = [p for d in days[day_name] for p in d.glob("*.json") if ITEM_ID.fullmatch(p.stem)]
+        for path in sorted(paths, key=_order, reverse=True):
+            if len(out) >= limit or read >= max_read:
+                return out
+            read += 1
+            try:
+                item = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                log.warning("review item %s unreadable: %s", path, exc)
+                continue
+            labelled = item.get("label") is not None
+            if status == "all" or (status == "labelled") == labelled:
+                out.append(item)
+    return out
+
+
+def write_label(path: Path, label: str | list[dict[str, Any]], inspector: str) -> dict[str, Any]:
+    """Store an inspector's label in the item's JSON, atomically (as `offer` writes it)."""
+    with _label_lock:  # two inspectors on one item: one whole record wins, never a mix
+        item: dict[str, Any] = json.loads(path.read_text())
+        item |= {"label": label, "labelled_by": inspector, "labelled_at": round(time.time(), 3)}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(item, indent=1))
+        tmp.replace(path)
+    return item
+
+
 # -- export for labelling and retraining
 
 
@@ -169,11 +249,14 @@ def _boxes_of(item: dict[str, Any]) -> list[dict[str, Any]]:
     label = item.get("label")
     if isinstance(label, list):
         return label  # [{"class_name", "box": [x1, y1, x2, y2]}, ...] from an inspector
-    return [
+    boxes = [
         f
         for f in item.get("findings") or []
         if "box" in f and f.get("outcome") in ("fail", "uncertain")
     ]
+    if isinstance(label, str):  # an image-level class from an inspector names the model's boxes
+        return [{"class_name": label, "box": b["box"]} for b in boxes]
+    return boxes
 
 
 def _yolo_row(box: dict[str, Any], names: list[str], w: int, h: int) -> str:

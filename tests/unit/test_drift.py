@@ -155,9 +155,10 @@ def test_monitor_separates_darkened_frames_and_resets_on_a_new_model(
         "lineinspect_drift_psi", {"camera": "dark", "signal": "brightness"}
     )
     assert value is not None and value > 1
-    assert metrics.registry.get_sample_value(
-        "lineinspect_drift_window_frames", {"camera": "dark"}
-    ) == 120
+    assert (
+        metrics.registry.get_sample_value("lineinspect_drift_window_frames", {"camera": "dark"})
+        == 120
+    )
     # a hot reload to a model with another reference restarts the camera's window
     other = load_model(REPO / "models" / "neu-det-demo.onnx", RuntimeOptions(warmup_runs=0))
     monitor.register(other)

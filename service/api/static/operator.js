@@ -1,0 +1,414 @@
+// lineinspect operator page: polls the service's JSON and JPEG routes, no framework, no build.
+// Every value from the service reaches the DOM through textContent or an attribute, never as
+// markup. The API token stays in this tab's sessionStorage and travels only as a bearer header.
+"use strict";
+
+(() => {
+  const LIVE_MS = 1000;
+  const REVIEW_MS = 4000;
+  const TOKEN_KEY = "lineinspect.token";
+  const INSPECTOR_KEY = "lineinspect.inspector";
+  const $ = (id) => document.getElementById(id);
+
+  function el(tag, cls, text) {
+    const node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function pct(value, whole) {
+    return `${Math.max(0, Math.min(100, (100 * value) / whole))}%`;
+  }
+
+  function clock(seconds) {
+    return seconds ? new Date(seconds * 1000).toLocaleTimeString() : "";
+  }
+
+  async function getJSON(path) {
+    const response = await fetch(path, { cache: "no-store" });
+    if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+    return response.json();
+  }
+
+  function showError(message) {
+    const banner = $("error");
+    banner.textContent = message || "";
+    banner.classList.toggle("hidden", !message);
+  }
+
+  let toastTimer = 0;
+  function toast(message, kind) {
+    const node = $("toast");
+    node.textContent = message;
+    node.className = `toast ${kind || ""}`;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => node.classList.add("hidden"), 6000);
+  }
+
+  // -- cameras
+
+  const tiles = new Map();
+
+  function badge(cls, text) {
+    return el("span", `badge ${cls}`, text);
+  }
+
+  function makeTile(name) {
+    const root = el("article", "tile");
+    root.dataset.camera = name;
+    const head = el("header", "tile-head");
+    head.append(el("h3", "tile-name", name));
+    const state = badge("state", "…");
+    const drift = badge("drift na", "drift: n/a");
+    const tags = el("div", "tags");
+    tags.append(state, drift);
+    head.append(tags);
+
+    const view = el("div", "view");
+    const img = el("img", "frame");
+    img.alt = `last judged frame of ${name}`;
+    img.dataset.camera = name;
+    img.hidden = true;
+    const waiting = el("p", "waiting", "waiting for the first judged frame");
+    img.addEventListener("load", () => {
+      img.hidden = false;
+      waiting.hidden = true;
+    });
+    img.addEventListener("error", () => {
+      img.hidden = true;
+      waiting.hidden = false;
+    });
+    view.append(img, waiting);
+
+    const counts = el("div", "counts");
+    const numbers = {};
+    for (const verdict of ["pass", "fail", "uncertain"]) {
+      const box = el("div", `count ${verdict}`);
+      numbers[verdict] = el("span", "n", "0");
+      box.append(numbers[verdict], el("span", "what", verdict));
+      counts.append(box);
+    }
+    const last = el("p", "last", "");
+    root.append(head, view, counts, last);
+    const tile = { root, img, waiting, state, drift, numbers, last, frameKey: null };
+    tiles.set(name, tile);
+    return tile;
+  }
+
+  function updateTile(tile, cam, info) {
+    tile.state.textContent = cam.state;
+    tile.state.className = `badge state ${cam.state}`;
+    const v = cam.last_verdict;
+    const key = v ? `${v.sequence}/${v.frame_id}` : null;
+    if (key && key !== tile.frameKey && v.frame_id) {
+      tile.frameKey = key;
+      tile.img.src = `v1/cameras/${encodeURIComponent(cam.name)}/frame.jpg?seq=${v.sequence}`;
+    }
+    if (v) {
+      const top = (v.findings || [])[0];
+      const what = top ? ` · ${top.class_name} ${Number(top.confidence).toFixed(2)}` : "";
+      tile.last.textContent = `#${v.frame_id} ${v.verdict.toUpperCase()}${what} · ${clock(v.decided_at)}`;
+      tile.last.className = `last ${v.verdict}`;
+    }
+    if (info) {
+      for (const verdict of ["pass", "fail", "uncertain"]) {
+        tile.numbers[verdict].textContent = String(info.counts[verdict] ?? 0);
+      }
+      const drift = info.drift;
+      if (drift && drift.state) {
+        const ratio = drift.uncertain_ratio;
+        tile.drift.textContent = `drift: ${String(drift.state).replace("_", " ")}`;
+        tile.drift.className = `badge drift ${drift.state}`;
+        const parts = [`window ${drift.window}`];
+        if (typeof ratio === "number") parts.push(`uncertain ${(100 * ratio).toFixed(1)}%`);
+        for (const [signal, s] of Object.entries(drift.signals || {})) {
+          if (s && typeof s.psi === "number") parts.push(`${signal} PSI ${s.psi.toFixed(3)}`);
+        }
+        tile.drift.title = parts.join(" · ");
+      } else {
+        tile.drift.textContent = "drift: n/a";
+        tile.drift.className = "badge drift na";
+        tile.drift.title = "no drift monitor";
+      }
+    }
+  }
+
+  function renderCameras(cams, state) {
+    const grid = $("cameras");
+    if (!cams.cameras.length) return;
+    const order = [];
+    for (const cam of cams.cameras) {
+      const tile = tiles.get(cam.name) || makeTile(cam.name);
+      updateTile(tile, cam, state.cameras[cam.name]);
+      order.push(tile.root);
+    }
+    if (order.length !== grid.children.length || order.some((n, i) => grid.children[i] !== n)) {
+      grid.replaceChildren(...order);
+    }
+    const select = $("review-camera");
+    for (const cam of cams.cameras) {
+      if (![...select.options].some((o) => o.value === cam.name)) {
+        const option = el("option", null, cam.name);
+        option.value = cam.name;
+        select.append(option);
+      }
+    }
+  }
+
+  function renderFeed(feed) {
+    const items = feed.map((v) => {
+      const li = el("li", `feed-item ${v.verdict}`);
+      li.append(el("span", `chip ${v.verdict}`, v.verdict));
+      li.append(el("span", "cam", v.camera));
+      li.append(el("span", "frame-no", v.part_id ? `part ${v.part_id}` : `#${v.frame_id}`));
+      const top = v.top ? `${v.top.class_name} ${Number(v.top.confidence).toFixed(2)}` : "";
+      li.append(el("span", "what", v.error ? v.reason : top || v.reason));
+      li.append(el("time", "when", clock(v.decided_at)));
+      return li;
+    });
+    const list = $("feed");
+    if (!items.length) items.push(el("li", "empty", "no verdicts yet"));
+    list.replaceChildren(...items);
+  }
+
+  function renderStatus(cams, state) {
+    $("line-name").textContent = state.line;
+    document.title = `lineinspect · ${state.line}`;
+    const mqtt = $("mqtt");
+    mqtt.textContent = cams.mqtt_connected ? "MQTT connected" : "MQTT down";
+    mqtt.className = `pill ${cams.mqtt_connected ? "ok" : "bad"}`;
+    if (cams.mqtt_error && !cams.mqtt_connected) mqtt.title = cams.mqtt_error;
+    const outbox = $("outbox");
+    outbox.textContent = `outbox ${cams.outbox.messages}`;
+    outbox.className = `pill ${cams.outbox.messages > 100 ? "warn" : ""}`;
+    $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+    $("updated").className = "pill";
+  }
+
+  async function refreshLive() {
+    try {
+      const [cams, state] = await Promise.all([
+        getJSON("v1/cameras"),
+        getJSON("v1/operator/state?feed=30"),
+      ]);
+      renderStatus(cams, state);
+      renderCameras(cams, state);
+      renderFeed(state.feed);
+      showError("");
+    } catch (err) {
+      $("updated").textContent = "service unreachable";
+      $("updated").className = "pill bad";
+      showError(`Cannot reach the service: ${err.message}`);
+    } finally {
+      setTimeout(refreshLive, LIVE_MS);
+    }
+  }
+
+  // -- review queue
+
+  const cards = new Map();
+
+  function authHeaders() {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    const headers = { "content-type": "application/json" };
+    if (token) headers.authorization = `Bearer ${token}`;
+    return headers;
+  }
+
+  async function sendLabel(item, label, card) {
+    const inspector = $("inspector").value.trim();
+    if (!inspector) {
+      toast("Enter your name (Inspector) before labelling.", "bad");
+      $("inspector").focus();
+      return;
+    }
+    const url = `v1/review/${encodeURIComponent(item.camera)}/${encodeURIComponent(item.id)}/label`;
+    const buttons = card.querySelectorAll("button");
+    buttons.forEach((b) => { b.disabled = true; });
+    try {
+      const response = await fetch(url, {
+        method: "POST",
+        headers: authHeaders(),
+        body: JSON.stringify({ label, inspector }),
+      });
+      if (response.status === 401) {
+        toast("The API token is missing or wrong: enter it at the top right.", "bad");
+        return;
+      }
+      const body = await response.json().catch(() => ({}));
+      if (!response.ok) {
+        toast(`Not saved: ${typeof body.detail === "string" ? body.detail : response.status}`, "bad");
+        return;
+      }
+      setLabelled(card, body);
+      toast(`Saved: ${describeLabel(body.label)} for ${item.camera} ${item.id}`, "ok");
+    } catch (err) {
+      toast(`Not saved: ${err.message}`, "bad");
+    } finally {
+      buttons.forEach((b) => { b.disabled = false; });
+    }
+  }
+
+  function describeLabel(label) {
+    if (typeof label === "string") return label;
+    if (Array.isArray(label)) return label.length ? `${label.length} box(es)` : "no defect";
+    return "";
+  }
+
+  function setLabelled(card, item) {
+    const status = card.querySelector(".label-status");
+    if (item.label === null || item.label === undefined) {
+      status.textContent = "pending";
+      status.className = "label-status pending";
+      return;
+    }
+    status.textContent = `labelled ${describeLabel(item.label)} by ${item.labelled_by} · ${clock(item.labelled_at)}`;
+    status.className = "label-status done";
+    card.classList.add("labelled");
+  }
+
+  function makeCard(item) {
+    const card = el("article", "card");
+    card.dataset.camera = item.camera;
+    card.dataset.item = item.id;
+
+    const figure = el("div", "thumb");
+    const img = el("img");
+    img.alt = `review item ${item.id}`;
+    img.loading = "lazy";
+    img.src = item.image_url.replace(/^\//, "");
+    figure.append(img);
+    const w = item.width || 1;
+    const h = item.height || 1;
+    for (const f of item.findings || []) {
+      if (!f.box || !["fail", "uncertain"].includes(f.outcome)) continue;
+      const box = el("div", `box ${f.outcome}`);
+      box.style.left = pct(f.box[0], w);
+      box.style.top = pct(f.box[1], h);
+      box.style.width = pct(f.box[2] - f.box[0], w);
+      box.style.height = pct(f.box[3] - f.box[1], h);
+      box.title = `${f.class_name} ${Number(f.confidence).toFixed(2)}`;
+      figure.append(box);
+    }
+
+    const body = el("div", "card-body");
+    const head = el("div", "card-head");
+    head.append(el("span", `chip ${item.verdict}`, item.verdict));
+    head.append(el("span", "cam", item.camera));
+    head.append(el("span", "muted", `${item.reason} · ${clock(item.captured_at)}`));
+    body.append(head);
+    body.append(el("p", "decision", item.decision));
+
+    const findings = el("ul", "findings");
+    const shown = (item.findings || []).slice(0, 5);
+    for (const f of shown) {
+      const li = el("li", f.outcome);
+      li.append(el("span", "cls", f.class_name));
+      li.append(el("span", "conf", Number(f.confidence).toFixed(2)));
+      li.append(el("span", "muted", f.outcome.replace("_", " ")));
+      findings.append(li);
+    }
+    if (!shown.length) findings.append(el("li", "muted", "no findings"));
+    body.append(findings);
+    body.append(el("p", "label-status pending", "pending"));
+
+    const actions = el("div", "actions");
+    const modelBoxes = (item.findings || [])
+      .filter((f) => f.box && ["fail", "uncertain"].includes(f.outcome))
+      .map((f) => ({ class_name: f.class_name, box: f.box }));
+    if (item.task === "detect") {
+      if (modelBoxes.length) {
+        const ok = el("button", "confirm", `Confirm ${modelBoxes.length} box(es)`);
+        ok.type = "button";
+        ok.addEventListener("click", () => sendLabel(item, modelBoxes, card));
+        actions.append(ok);
+      }
+      const none = el("button", "reject", "No defect");
+      none.type = "button";
+      none.addEventListener("click", () => sendLabel(item, [], card));
+      actions.append(none);
+    }
+    const top = (item.findings || [])[0];
+    const classes = el("div", "classes");
+    classes.append(el("span", "muted", item.task === "detect" ? "Image class:" : "Class:"));
+    for (const cls of item.classes || []) {
+      const b = el("button", "label-btn", cls);
+      b.type = "button";
+      b.dataset.label = cls;
+      if (top && top.class_name === cls && item.task !== "detect") b.classList.add("suggested");
+      b.addEventListener("click", () => sendLabel(item, cls, card));
+      classes.append(b);
+    }
+    actions.append(classes);
+    body.append(actions);
+    card.append(figure, body);
+    setLabelled(card, item);
+    return card;
+  }
+
+  let reviewBusy = false;
+  async function refreshReview() {
+    if (reviewBusy) return;
+    reviewBusy = true;
+    try {
+      const params = new URLSearchParams({ status: $("review-status").value, limit: "24" });
+      if ($("review-camera").value) params.set("camera", $("review-camera").value);
+      const data = await getJSON(`v1/review?${params}`);
+      const order = [];
+      const keep = new Set();
+      for (const item of data.items) {
+        const key = `${item.camera}/${item.id}`;
+        keep.add(key);
+        let card = cards.get(key);
+        if (!card) {
+          card = makeCard(item);
+          cards.set(key, card);
+        } else {
+          setLabelled(card, item);
+        }
+        order.push(card);
+      }
+      for (const key of [...cards.keys()]) if (!keep.has(key)) cards.delete(key);
+      const list = $("review");
+      if (!order.length) order.push(el("p", "empty", "Nothing to review."));
+      const same = order.length === list.children.length
+        && order.every((n, i) => list.children[i] === n);
+      if (!same) list.replaceChildren(...order);
+    } catch (err) {
+      $("review").replaceChildren(el("p", "empty", `Review queue unavailable: ${err.message}`));
+    } finally {
+      reviewBusy = false;
+    }
+  }
+
+  // -- start
+
+  function start() {
+    const token = $("token");
+    token.value = sessionStorage.getItem(TOKEN_KEY) || "";
+    token.addEventListener("input", () => {
+      if (token.value) sessionStorage.setItem(TOKEN_KEY, token.value);
+      else sessionStorage.removeItem(TOKEN_KEY);
+    });
+    $("forget").addEventListener("click", () => {
+      sessionStorage.removeItem(TOKEN_KEY);
+      token.value = "";
+    });
+    const inspector = $("inspector");
+    inspector.value = localStorage.getItem(INSPECTOR_KEY) || "";
+    inspector.addEventListener("input", () => localStorage.setItem(INSPECTOR_KEY, inspector.value.trim()));
+    $("credentials").addEventListener("submit", (e) => e.preventDefault());
+    for (const id of ["review-camera", "review-status"]) {
+      $(id).addEventListener("change", () => {
+        cards.clear();
+        refreshReview();
+      });
+    }
+    refreshLive();
+    refreshReview();
+    setInterval(refreshReview, REVIEW_MS);
+  }
+
+  start();
+})();
