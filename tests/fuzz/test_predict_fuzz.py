@@ -64,3 +64,4 @@ def test_ten_thousand_malformed_requests(server: Server, neu_images: list[Path])
     (_, early), (_, late) = rss
     assert late - early < 40, f"RSS grew from {early:.0f} MB to {late:.0f} MB"
     assert "Traceback" not in server.log.read_text()
+    assert TOKEN not in server.log.read_text(), "the API token was logged"

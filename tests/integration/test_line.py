@@ -117,6 +117,7 @@ def test_broker_down_30s_nothing_lost_and_inspection_goes_on(
     got = plc.wait_for(200, 90)
     assert_complete(got, 200)
     assert reconnect_s < 12, f"first verdict {reconnect_s:.1f} s after the broker came back"
+    print(f"\nbroker back: first verdict after {reconnect_s:.2f} s")
     deadline = time.monotonic() + 10
     while running.service.outbox.depth()[0] and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -333,7 +334,12 @@ def test_stream_server_stopped_and_restarted(
         assert running.client.get("/v1/cameras").json()["cameras"][0]["state"] != "streaming"
         time.sleep(2)  # down for a while: several failed reconnects
         server = subprocess.Popen(server_cmd)
+        back = time.monotonic()
         before = len(plc.verdicts("ipcam"))
+        plc.wait_for(before + 1, 30, "ipcam")
+        recovery_s = time.monotonic() - back  # reconnect backoff is capped at 1 s here
+        assert recovery_s < 6, f"first verdict {recovery_s:.1f} s after the camera came back"
+        print(f"\ncamera back: first verdict after {recovery_s:.2f} s")
         deadline = time.monotonic() + 30
         while len(plc.verdicts("ipcam")) < before + 10 and time.monotonic() < deadline:
             time.sleep(0.1)
