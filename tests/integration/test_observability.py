@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import httpx
 import pytest
 import yaml
@@ -231,17 +232,26 @@ def poll(what: str, check: Callable[[], str | None], timeout: float) -> None:
 
 
 def line_config(tmp_path: Path, broker: Broker, images: list[Path]) -> Path:
-    folder = tmp_path / "frames"
+    folder, dark = tmp_path / "frames", tmp_path / "dark"
     folder.mkdir()
-    step = max(1, len(images) // 60)
-    for i, path in enumerate(images[::step][:60]):  # all six NEU classes
+    dark.mkdir()
+    step = max(1, len(images) // 120)
+    for i, path in enumerate(images[::step][:120]):  # all six NEU classes
         shutil.copy(path, folder / f"{i:03d}_{path.name}")
+        # the same parts under failing lighting (55 % of the light), written losslessly
+        image = cv2.convertScaleAbs(cv2.imread(str(path)), alpha=0.55)
+        cv2.imwrite(str(dark / f"{i:03d}.png"), image)
     config = {
         "models": [{"path": str(REPO / "models" / "neu-cls-int8.onnx")}],  # has a drift reference
         "runtime": {"warmup_runs": 1},
         "line": {"name": LINE},
-        # looped at 10 fps: the camera stays up and counters keep moving for every rate()
-        "cameras": [{"name": "steel-cam", "source": f"folder:{folder}", "fps": 10}],
+        # looped at 20 fps: the cameras stay up, counters keep moving for every rate(), and
+        # the drift windows pass the alerts' 100-frame minimum within seconds
+        "cameras": [
+            {"name": "steel-cam", "source": f"folder:{folder}", "fps": 20},
+            {"name": "dark-cam", "source": f"folder:{dark}", "pattern": "*.png", "fps": 20},
+        ],
+        "drift": {"window": 120},
         "mqtt": {"port": broker.port, "client_id": f"li-obs-{tmp_path.name}"[:60]},
         "outbox": {"path": str(tmp_path / "outbox.sqlite")},
         "review": {"path": str(tmp_path / "review")},
@@ -302,3 +312,21 @@ def test_prometheus_scrapes_a_real_line_and_every_dashboard_query_has_data(
         got = api(prom, "query", query=f'{metric}{{line="{LINE}", camera="steel-cam"}}')
         signals = {s["metric"]["signal"] for s in got["result"]}
         assert {"brightness", "contrast", "sharpness", "confidence"} <= signals, metric
+
+    # Drift end to end: the darkened camera's DriftHigh alert becomes pending (its `for:` of
+    # 15 min would make it fire), the healthy camera's never does.
+    def drift_alerts() -> str | None:
+        pending = {
+            (a["labels"]["camera"], a["labels"]["signal"])
+            for a in api(prom, "alerts")["alerts"]
+            if a["labels"]["alertname"] == "DriftHigh"
+        }
+        assert not {c for c, _ in pending} & {"steel-cam"}, f"healthy camera drifted: {pending}"
+        return None if ("dark-cam", "brightness") in pending else f"DriftHigh pending: {pending}"
+
+    poll("no DriftHigh alert for the darkened camera", drift_alerts, 30)
+    psi = {
+        r["metric"]["camera"]: float(r["value"][1])
+        for r in api(prom, "query", query='lineinspect_drift_psi{signal="brightness"}')["result"]
+    }
+    assert psi["dark-cam"] > 1.0 and psi["steel-cam"] < 0.25, psi
