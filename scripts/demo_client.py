@@ -131,7 +131,8 @@ def main() -> int:
         f"""
 lineinspect is serving {", ".join(str(m.path) for m in settings.models)} at {base}
   predict:  curl -H 'content-type: image/jpeg' --data-binary @IMAGE.jpg {base}/v1/predict
-  cameras:  {base}/v1/cameras     models: {base}/v1/models
+  operator: {base}/ui             (live frames with boxes, verdict feed, drift, review queue)
+  cameras:  {base}/v1/cameras     models: {base}/v1/models      drift: {base}/v1/drift
   docs:     {base}/docs           metrics: {base}/metrics
   health:   {base}/healthz        ready:   {base}/readyz
 Ctrl-C stops it (verdicts not yet delivered stay in the outbox for the next start).""",
