@@ -22,7 +22,7 @@ WORKDIR /app
 COPY --chown=lineinspect:lineinspect models ./models
 COPY --chown=lineinspect:lineinspect deploy/config.example.yaml ./config.yaml
 RUN mkdir -p var && chown lineinspect:lineinspect var
-USER lineinspect
+USER 10001:10001
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=2).status != 200)"]

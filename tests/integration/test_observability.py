@@ -109,8 +109,10 @@ def test_compose_prometheus_config_is_valid() -> None:
     run_tool(tool("promtool"), "check", "config", PROMETHEUS_DIR / "prometheus.yml")
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "lineinspect"]
+    # the `line` label is the line the compose stack's service runs
+    compose_line = yaml.safe_load((REPO / "deploy/compose/lineinspect.yaml").read_text())["line"]
     assert job["static_configs"] == [
-        {"targets": ["lineinspect:8080"], "labels": {"line": "demo-line"}}
+        {"targets": ["lineinspect:8080"], "labels": {"line": compose_line["name"]}}
     ]
     assert config["global"]["scrape_interval"] == "5s"
     assert config["rule_files"] == ["alerts.yml"]  # next to it in /etc/prometheus/
