@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--bank-size",
         type=int,
         default=16384,
-        help="memory-bank patches kept by the greedy coreset",
+        help="memory-bank patches kept by the greedy coreset (default %(default)s)",
     )
     p.add_argument(
         "--coreset-pool",
@@ -104,6 +104,30 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=4.0,
         help="Gaussian smoothing of the map in input pixels (0: none)",
+    )
+    p.add_argument(
+        "--normalize",
+        choices=("none", "mean", "std"),
+        default="none",
+        help="per-image grey-level normalisation inside the graph (default %(default)s)",
+    )
+    p.add_argument(
+        "--augment",
+        default="none",
+        help="bank augmentation letters: h (flip left-right), v (up-down), t (180 degrees); "
+        "'none' for none (default %(default)s)",
+    )
+    p.add_argument(
+        "--topk",
+        type=int,
+        default=1,
+        help="score = mean of the k highest patch distances; 1 = max of the smoothed map "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--mask-padding",
+        action="store_true",
+        help="keep the letterbox padding out of the score and the map",
     )
     p.add_argument(
         "--fp32-bank",
@@ -172,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         bank_size=args.bank_size,
         coreset_pool=args.coreset_pool,
         sigma=args.sigma,
+        normalize=args.normalize,
+        augment="" if args.augment.lower() in ("", "none") else args.augment,
+        topk=args.topk,
+        mask_padding=args.mask_padding,
         fp16_bank=not args.fp32_bank,
         seed=args.seed,
         good_class=args.good_class,

@@ -3,14 +3,20 @@
 Method (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022), with the
 pretrained EfficientNet-Lite0 ImageNet backbone instead of WideResNet-50:
 
+0. in-graph input normalisation: the graph finds the letterbox padding in its own input (rows
+   and columns that are all exactly the padding value) and standardises each image's grey level
+   over the tile pixels (the tiles are shot at about five exposures), so the service's declared
+   preprocessing stays unchanged;
 1. features: the outputs of two MBConv blocks (default block 10, stride 16, 112 channels, and
-   block 14, stride 32, 192 channels), each averaged over its 3x3 neighbourhood (PatchCore's
+   block 15, stride 32, 320 channels), each averaged over its 3x3 neighbourhood (PatchCore's
    local aggregation), the deeper one upsampled to the finer grid, concatenated per position;
-2. memory bank: every patch feature of the good training images, reduced by greedy k-center
-   coreset subsampling (on a random projection, as in the paper) to a fixed number of patches;
+2. memory bank: every patch feature of the good training images and of their left-right,
+   up-down and 180-degree flips, reduced by greedy k-center coreset subsampling (on a random
+   projection, as in the paper) to a fixed number of patches;
 3. scoring: each patch's Euclidean distance to its nearest bank entry (|a|^2 + |b|^2 - 2ab, min
-   over the bank) -> patch map, bilinearly upsampled to the input size and Gaussian-smoothed ->
-   `anomaly_map` [B, 1, H, W]; `pred_score` [B] = the map's maximum.
+   over the bank), padding-only patches set to 0 -> `pred_score` [B] = the mean of the `topk`
+   highest patch distances; the patch map, bilinearly upsampled to the input size,
+   Gaussian-smoothed and zeroed on the padding -> `anomaly_map` [B, 1, H, W].
 
 Everything runs inside the ONNX graph (the bank is an initializer, stored as fp16 by default).
 The bank is position-free: the tiles are not aligned and vary in size, so PaDiM's per-position
@@ -58,6 +64,9 @@ OPSET = 17
 MEAN = 0.5
 STD = 0.5
 BANK_NAME = "memory_bank_t"
+PAD_VALUE = 114  # the service's letterbox padding (PreprocessSpec.pad_value)
+NORMALIZE_MODES = ("none", "mean", "std")
+AUGMENTS = "hvt"
 
 
 class AnomalyDataError(ValueError):
@@ -81,6 +90,12 @@ class AnomalyConfig:
     coreset_chunk: int = 40_000  # the coreset runs per chunk of this many patches
     projection_dim: int = 64  # random projection used only for the coreset selection
     sigma: float = 4.0  # Gaussian smoothing of the map, in input pixels (0: none)
+    normalize: str = "none"  # in-graph per-image grey-level normalisation: none | mean | std
+    norm_mean: float = -0.2  # ... the normalised image's mean and std (backbone units, [-1, 1])
+    norm_std: float = 0.25
+    augment: str = ""  # bank augmentation: h (flip left-right), v (up-down), t (180 deg)
+    topk: int = 1  # pred_score = mean of the k highest patch distances (1: the maximum)
+    mask_padding: bool = False  # letterbox padding neither scores nor shows in the map
     fp16_bank: bool = True
     seed: int = 0
     good_class: str = "MT_Free"
@@ -113,6 +128,18 @@ class AnomalyConfig:
             )
         if self.bank_size < 1:
             raise AnomalyDataError("bank size must be at least 1")
+        if self.normalize not in NORMALIZE_MODES:
+            raise AnomalyDataError(
+                f"normalize must be one of {', '.join(NORMALIZE_MODES)}, got {self.normalize!r}"
+            )
+        if set(self.augment) - set(AUGMENTS) or len(set(self.augment)) != len(self.augment):
+            raise AnomalyDataError(
+                f"augment must be letters from {AUGMENTS!r} (each at most once), got {self.augment!r}"
+            )
+        if self.topk < 1:
+            raise AnomalyDataError("topk must be at least 1")
+        if self.norm_std <= 0:
+            raise AnomalyDataError("norm std must be positive")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,6 +427,63 @@ class PatchFeatures(nn.Module):
         return torch.cat(out, dim=1)
 
 
+class InputNorm(nn.Module):
+    """The graph's own photometric normalisation and letterbox mask, computed from its input.
+
+    The tiles are shot at about five exposures, so the same surface arrives at very different
+    grey levels. Inside the graph (the service's preprocessing stays the declared one):
+
+    - `valid` (B, 1, H, W): 0 on the letterbox padding, 1 elsewhere. A padding row (column) is
+      one whose pixels all equal the padding value in every channel: the service pads after
+      resizing, so padding pixels are exact, and a whole image row of exactly 114 does not occur
+      in a real tile;
+    - `none`: the input unchanged; `mean`: each image's grey mean (over the valid pixels) moved
+      to `target_mean`; `std`: also its standard deviation scaled to `target_std`. The padding
+      is refilled with `target_mean` so the tile's border is not a bright/dark edge.
+    """
+
+    def __init__(
+        self, mode: str, pad_value: float, target_mean: float = -0.2, target_std: float = 0.25
+    ) -> None:
+        super().__init__()
+        self.mode = mode
+        self.pad_value = float(pad_value)
+        self.target_mean = float(target_mean)
+        self.target_std = float(target_std)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        is_pad = ((x - self.pad_value).abs().amax(1, keepdim=True) < 2e-3).float()
+        row_pad = is_pad.amin(3, keepdim=True)  # (B, 1, H, 1)
+        col_pad = is_pad.amin(2, keepdim=True)  # (B, 1, 1, W)
+        valid = (1.0 - row_pad) * (1.0 - col_pad)  # (B, 1, H, W)
+        if self.mode == "none":
+            return x, valid
+        grey = x.mean(1, keepdim=True)
+        n = valid.sum((2, 3), keepdim=True).clamp_min(1.0)
+        mean = (grey * valid).sum((2, 3), keepdim=True) / n
+        if self.mode == "mean":
+            xn = x - mean + self.target_mean
+        else:
+            var = (((grey - mean) ** 2) * valid).sum((2, 3), keepdim=True) / n
+            xn = (x - mean) * (self.target_std / (var + 1e-4).sqrt()) + self.target_mean
+        return xn * valid + self.target_mean * (1.0 - valid), valid
+
+
+def input_norm(cfg: AnomalyConfig) -> InputNorm:
+    pad = (PAD_VALUE / 255.0 - MEAN) / STD  # the padding value as the graph sees it
+    return InputNorm(cfg.normalize, pad, cfg.norm_mean, cfg.norm_std)
+
+
+def augmentations(letters: str) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """The identity plus one geometric transform per letter (on preprocessed NCHW batches)."""
+    table: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "h": lambda t: torch.flip(t, dims=(3,)),
+        "v": lambda t: torch.flip(t, dims=(2,)),
+        "t": lambda t: torch.flip(t, dims=(2, 3)),
+    }
+    return [lambda t: t] + [table[c] for c in letters]
+
+
 def gaussian_kernel(sigma: float) -> torch.Tensor:
     radius = max(1, round(4 * sigma))
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
@@ -408,13 +492,30 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
 
 
 class PatchCoreModel(nn.Module):
-    """images [B, 3, H, W] -> (pred_score [B], anomaly_map [B, 1, H, W])."""
+    """images [B, 3, H, W] -> (pred_score [B], anomaly_map [B, 1, H, W]).
+
+    pred_score is the mean of the `topk` highest patch distances (padding patches count 0 when
+    `mask_padding`); the map is the patch distances upsampled, smoothed and (with
+    `mask_padding`) zero on the padding."""
 
     def __init__(
-        self, features: PatchFeatures, bank: torch.Tensor, image_size: tuple[int, int], sigma: float
+        self,
+        features: PatchFeatures,
+        bank: torch.Tensor,
+        image_size: tuple[int, int],
+        sigma: float,
+        norm: InputNorm | None = None,
+        topk: int = 1,
+        mask_padding: bool = False,
     ) -> None:
         super().__init__()
         self.features = features
+        self.norm = norm if norm is not None else InputNorm("none", 0.0)
+        self.topk = int(topk)
+        self.mask_padding = bool(mask_padding)
+        with torch.no_grad():  # the patch grid, fixed by the input size (static in the graph)
+            grid = features(torch.zeros(1, 3, *image_size)).shape[-2:]
+        self.grid = (int(grid[0]), int(grid[1]))
         self.image_size = (int(image_size[0]), int(image_size[1]))
         bank = bank.float()
         self.register_buffer("bank_t", bank.t().contiguous())  # (D, M)
@@ -427,7 +528,7 @@ class PatchCoreModel(nn.Module):
             self.radius = (k.numel() - 1) // 2
 
     def patch_distances(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, h, w) distance of every patch to its nearest bank entry."""
+        """(B, 1, h, w) distance of every (normalised) patch to its nearest bank entry."""
         f = self.features(x)
         h, w = int(f.shape[-2]), int(f.shape[-1])
         flat = f.flatten(2).transpose(1, 2)  # (B, N, D)
@@ -444,10 +545,21 @@ class PatchCoreModel(nn.Module):
         return F.conv2d(F.pad(amap, (0, 0, r, r), mode="reflect"), self.ky)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        patch = self.patch_distances(x)
+        xn, valid = self.norm(x)
+        patch = self.patch_distances(xn)
+        if self.mask_padding:  # a patch counts when any of its pixels is tile, not padding
+            stride = (self.image_size[0] // self.grid[0], self.image_size[1] // self.grid[1])
+            patch = patch * F.max_pool2d(valid, stride, stride)
         amap = F.interpolate(patch, size=self.image_size, mode="bilinear", align_corners=False)
         amap = self.smooth(amap)
-        score = amap.flatten(1).amax(dim=1)
+        if self.mask_padding:
+            amap = amap * valid
+        flat = patch.flatten(1)
+        if self.topk > 1:
+            k = min(self.topk, self.grid[0] * self.grid[1])
+            score = flat.topk(k, dim=1).values.mean(dim=1)
+        else:
+            score = amap.flatten(1).amax(dim=1)  # the original rule: the smoothed map's maximum
         return score, amap
 
 
@@ -477,13 +589,19 @@ def extract_patches(
     batch_size: int,
     progress: bool,
     desc: str = "features",
+    norm: InputNorm | None = None,
+    augment: str = "",
 ) -> torch.Tensor:
-    """(N_images * h * w, D) float32 patch features."""
+    """(N_images * (1 + len(augment)) * h * w, D) float32 patch features of the images as the
+    graph sees them (after `norm`), plus their flipped copies when `augment` asks."""
     out = []
+    transforms = augmentations(augment)
     batches = load_batches(paths, spec, batch_size)
-    for _, x in _progress(batches, progress, desc, total=math.ceil(len(paths) / batch_size)):
-        f = features(x)
-        out.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
+    for _, batch in _progress(batches, progress, desc, total=math.ceil(len(paths) / batch_size)):
+        x = norm(batch)[0] if norm is not None else batch
+        for transform in transforms:
+            f = features(transform(x))
+            out.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
     return torch.cat(out)
 
 
@@ -553,7 +671,14 @@ def build_bank(
     spec = preprocess_spec(cfg)
     t0 = time.process_time()
     patches = extract_patches(
-        features, train_paths, spec, cfg.batch_size, cfg.progress, "bank features"
+        features,
+        train_paths,
+        spec,
+        cfg.batch_size,
+        cfg.progress,
+        "bank features",
+        input_norm(cfg),
+        cfg.augment,
     )
     t1 = time.process_time()
     g = torch.Generator().manual_seed(cfg.seed)
@@ -567,6 +692,7 @@ def build_bank(
     t2 = time.process_time()
     info = {
         "train_images": len(train_paths),
+        "augment": cfg.augment or "none",
         "patches": int(patches.shape[0]),
         "coreset_pool": int(pool.shape[0]),
         "bank_size": int(bank.shape[0]),
@@ -575,6 +701,18 @@ def build_bank(
         "cpu_s_coreset": round(t2 - t1, 1),
     }
     return bank, info
+
+
+def make_model(features: PatchFeatures, bank: torch.Tensor, cfg: AnomalyConfig) -> PatchCoreModel:
+    return PatchCoreModel(
+        features,
+        bank,
+        cfg.image_size,
+        cfg.sigma,
+        input_norm(cfg),
+        cfg.topk,
+        cfg.mask_padding,
+    ).eval()
 
 
 def store_bank(bank: torch.Tensor, fp16: bool) -> torch.Tensor:
@@ -796,7 +934,7 @@ def histogram_png(
             )
         ax.axvline(threshold, color="k", linestyle="--", label="threshold")
         ax.set_title(f"{name} split: raw anomaly score")
-        ax.set_xlabel("raw score (max of the smoothed patch-distance map)")
+        ax.set_xlabel("raw anomaly score (pred_score)")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -854,7 +992,7 @@ def fit(cfg: AnomalyConfig) -> Trained:
     features = PatchFeatures(load_backbone(), cfg.layers)
     bank_full, bank_info = build_bank(features, split.paths("train", cfg.good_class), cfg)
     bank = store_bank(bank_full, cfg.fp16_bank)
-    model = PatchCoreModel(features, bank, cfg.image_size, cfg.sigma).eval()
+    model = make_model(features, bank, cfg)
     times["bank"] = time.process_time() - cpu0
 
     t = time.process_time()
@@ -911,7 +1049,7 @@ def fit(cfg: AnomalyConfig) -> Trained:
     }
     fp16_cost = None
     if cfg.fp16_bank:  # what storing the bank in fp16 changes, measured on the validation split
-        model32 = PatchCoreModel(features, bank_full, cfg.image_size, cfg.sigma).eval()
+        model32 = make_model(features, bank_full, cfg)
         s32 = torch_scores(model32, split.paths("val"), spec, cfg.batch_size, cfg.progress)
         fp16_cost = {
             "val_auroc_fp32": _round(
@@ -951,9 +1089,13 @@ def fit(cfg: AnomalyConfig) -> Trained:
         **{k: v for k, v in bank_info.items() if k.startswith("cpu_s")},
     }
     training_section = {
-        "method": "PatchCore-style: EfficientNet-Lite0 (ImageNet) blocks "
-        f"{list(cfg.layers)}, 3x3 local average, greedy coreset memory bank, nearest-neighbour "
-        "patch distance, bilinear upsampling, Gaussian smoothing, score = max of the map",
+        "method": "PatchCore-style: in-graph per-image grey-level normalisation "
+        f"({cfg.normalize}) and letterbox mask, EfficientNet-Lite0 (ImageNet) blocks "
+        f"{list(cfg.layers)}, 3x3 local average, greedy coreset memory bank (bank augmented: "
+        f"{cfg.augment or 'none'}), nearest-neighbour patch distance"
+        + (", padding patches masked" if cfg.mask_padding else "")
+        + ", bilinear upsampling, Gaussian smoothing, score = "
+        + (f"mean of the top {cfg.topk} patch distances" if cfg.topk > 1 else "max of the map"),
         "command": cfg.command,
         "environment": cards.environment(),
         "data": str(root),

@@ -113,6 +113,36 @@ def test_served_by_lineinspect_with_parity_and_ranking(trained: A.Trained) -> No
     assert trained.report["parity"]["ok"]
 
 
+def test_input_norm_masks_padding_and_removes_exposure() -> None:
+    """The graph's own normalisation: the letterbox padding is found from the pixels alone, and
+    the same tile at another exposure (gain and offset) gives the same normalised input."""
+    rng = np.random.default_rng(0)
+    tile = rng.integers(40, 200, size=(90, 200), dtype=np.uint8)  # wide: padding above/below
+    tile[:, 50] = 114  # tile pixels that happen to equal the padding value stay tile
+    cfg = A.AnomalyConfig(data=Path("."), image_size=(128, 128), normalize="std")  # opt-in
+    spec = A.preprocess_spec(cfg)
+    norm = A.input_norm(cfg)
+
+    def run(image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(A.preprocess(image, spec)[0])[None]
+        return norm(x)
+
+    xn, valid = run(tile)
+    rows = valid[0, 0, :, 0].numpy()
+    _, geom = A.preprocess(tile, spec)
+    top = int(geom.pad_y)
+    assert rows[:top].sum() == 0 and rows[top] == 1, "padding rows above the tile"
+    assert rows.sum() == round(90 * geom.scale_y), "every resized tile row is valid"
+    assert valid[0, 0, top].min() == 1, "no padding columns"
+    inside = valid[0, 0] > 0
+    assert abs(float(xn[0, 0][inside].mean()) - cfg.norm_mean) < 1e-3
+    assert abs(float(xn[0, 0][inside].std()) - cfg.norm_std) < 5e-3
+    assert torch.all(xn[0, :, ~inside] == cfg.norm_mean), "padding refilled with the mean"
+    darker = np.clip(tile.astype(np.float32) * 0.6 + 10, 0, 255).round().astype(np.uint8)
+    xd, _ = run(darker)
+    assert float((xd - xn)[0, 0][inside].abs().mean()) < 0.01, "exposure changes the input"
+
+
 def _main(argv: list[str]) -> int:
     import importlib.util
 
@@ -146,3 +176,6 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
         err = capsys.readouterr().err
         assert err.startswith("error: ") and expected in err, err
         assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert _main(["--data", str(bad), *out, "--augment", "hx"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: augment must be") and err.count("\n") == 1, err
