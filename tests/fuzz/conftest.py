@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import REPO, free_port
+from tests.integration.conftest import REPO, die_with_parent, free_port
 
 TOKEN = "fuzz-token-0123456789"
 
@@ -60,7 +60,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator
     log = tmp / "server.log"
     with log.open("w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve"], cwd=REPO, env=env, stderr=err, text=True
+            [sys.executable, "-m", "service", "serve"],
+            cwd=REPO,
+            env=env,
+            stderr=err,
+            text=True,
+            preexec_fn=die_with_parent,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -75,4 +80,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator
         time.sleep(0.1)
     yield Server(url, proc, log)
     proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -23,6 +24,14 @@ from service.app import LineInspect
 from service.config import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def die_with_parent() -> None:
+    """`preexec_fn` for the processes a test starts: the kernel kills them (SIGKILL) when the
+    test process dies, so a test run that is itself killed leaves no service or broker behind."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -115,7 +124,10 @@ class Broker:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         assert Path(exe).exists(), "mosquitto is not installed (scripts/bootstrap.sh installs it)"
         self.proc = subprocess.Popen(
-            [exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [exe, "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

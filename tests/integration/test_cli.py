@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 
 from tests import onnx_factory
-from tests.integration.conftest import REPO, free_port
+from tests.integration.conftest import REPO, die_with_parent, free_port
 
 CLI = [sys.executable, "-m", "service"]
 
@@ -93,7 +93,14 @@ def test_serve_answers_and_stops_cleanly(neu_images: list[Path]) -> None:
         "LINEINSPECT__API__PORT": str(port),
         "LINEINSPECT__RUNTIME__WARMUP_RUNS": "1",
     }
-    proc = subprocess.Popen([*CLI, "serve"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "serve"],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=die_with_parent,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60

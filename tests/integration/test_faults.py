@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import REPO, Broker, Plc, free_port
+from tests.integration.conftest import REPO, Broker, Plc, die_with_parent, free_port
 from tests.integration.test_line import assert_complete, folder_camera, image_folder, line_config
 
 pytestmark = pytest.mark.faults
@@ -77,7 +77,9 @@ def test_disk_full_under_outbox_and_review_loses_no_verdict(
            sys.executable, "-m", "service", "serve", "--config", str(cfg)]  # fmt: skip
     env = os.environ | {"LINEINSPECT__RUNTIME__WARMUP_RUNS": "1"}
     log = (tmp_path / "service.log").open("w")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=log, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stderr=log, text=True, preexec_fn=die_with_parent
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         plc.wait_for(10, 60, "cam1")
@@ -115,6 +117,9 @@ def test_disk_full_under_outbox_and_review_loses_no_verdict(
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # never leave it behind; the assertion below reports the failure
+            proc.wait(10)
         finally:
             log.close()
     err = (tmp_path / "service.log").read_text()

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.conftest import REPO, Broker, Running, free_port
+from tests.integration.conftest import REPO, Broker, Running, die_with_parent, free_port
 
 Serve = Callable[..., Running]
 
@@ -190,7 +190,7 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[str], httpx.Client]]:
             procs.append(subprocess.Popen(
                 [tool("prometheus"), f"--config.file={config}",
                  f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address={listen}"],
-                stdout=out, stderr=subprocess.STDOUT,
+                stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
             ))  # fmt: skip
         client = httpx.Client(base_url=f"http://{listen}", timeout=10)
         clients.append(client)
