@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 # Most input pixels one session.run takes on the CPU provider: one 640x640 image, four 320x320,
 # eight 224x224. On a CPU a bigger batch buys nothing per image (YOLOv8n at 640 px on 2 cores,
 # one thread: 42.5 ms per image at batch 1, 47.7 at batch 8), but every image in a run adds its
-# activations (~50 MB at 640 px) to ONNX Runtime's arena, which keeps its peak: the HTTP server
-# reached 861 MB RSS at 16 clients (docs/BENCHMARKS.md, issue 6).
+# activations (~50 MB at 640 px) to ONNX Runtime's arena, which keeps its peak: with a 640-px
+# model the HTTP server reached 861 MB RSS at 16 clients (docs/BENCHMARKS.md, issue 6).
 CPU_RUN_PIXELS = 640 * 640
 
 

@@ -121,8 +121,9 @@ def create_session(model_path: Path, options: RuntimeOptions) -> Any:
     so.inter_op_num_threads = options.inter_op_threads
     so.log_severity_level = 3  # errors only; ORT's own warnings are noise on the line
     # No busy-waiting between parallel sections: capture, decoding, preprocessing and HTTP share
-    # the cores with inference, and ORT's default spinning burned the CPU they need (line at 320
-    # px on 2 busy cores: 26 -> 16 ms CPU per frame, 2.4x the frames/s; docs/BENCHMARKS.md).
+    # the cores with inference, and ORT's default spinning burned the CPU they need (line, 320 px,
+    # 2 busy cores: 2.4x the frames/s, 26 -> 16 ms CPU per frame; quiet: the same frames/s for
+    # 15 % less CPU; docs/BENCHMARKS.md, issue 6).
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(
