@@ -58,24 +58,33 @@ CONDITIONS: dict[str, Transform] = {
 }
 
 
-def test_images(split_file: Path, data_root: Path) -> list[Path]:
+def test_images(split_file: Path, data_root: Path) -> list[tuple[Path, str]]:
+    """The manifest's test split: (image, its class label)."""
     manifest = json.loads(split_file.read_text())
-    return [data_root / item["path"] for item in manifest["splits"]["test"]]
+    return [(data_root / item["path"], item["label"]) for item in manifest["splits"]["test"]]
 
 
-def run(model_path: Path, images: list[np.ndarray], settings: DriftSettings) -> dict[str, dict]:
+def run(
+    model_path: Path, images: list[np.ndarray], labels: list[str], settings: DriftSettings
+) -> dict[str, dict]:
     model = load_model(model_path, RuntimeOptions(warmup_runs=1, intra_op_threads=1))
     out: dict[str, dict] = {}
     for name, transform in CONDITIONS.items():
         monitor = DriftMonitor(Metrics(), settings)
         monitor.register(model)
         frames = [transform(img) for img in images]
+        correct = 0
         for i in range(0, len(frames), 16):
             batch = frames[i : i + 16]
             for k, (image, result) in enumerate(zip(batch, model.predict(batch), strict=True)):
                 frame = Frame("cam", i + k + 1, image, time.monotonic(), time.time())
                 monitor.update(frame, result)
+                probs = result.prediction.probabilities
+                if probs is not None:  # a classifier: is its top class the label?
+                    correct += model.spec.classes[int(np.argmax(probs))] == labels[i + k]
         out[name] = monitor.snapshot()["cam"]
+        if model.spec.task == "classify":
+            out[name]["accuracy"] = correct / len(frames)
     return out
 
 
@@ -115,20 +124,23 @@ def main() -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args()
     cv2.setNumThreads(1)
-    paths = test_images(args.split, args.data)
-    random.Random(args.seed).shuffle(paths)  # a line sees the classes mixed, not sorted
-    images = [cv2.imread(str(path), cv2.IMREAD_COLOR) for path in paths]
+    items = test_images(args.split, args.data)
+    random.Random(args.seed).shuffle(items)  # a line sees the classes mixed, not sorted
+    images = [cv2.imread(str(path), cv2.IMREAD_COLOR) for path, _ in items]
+    labels = [label for _, label in items]
     if any(image is None for image in images):
         raise SystemExit(f"unreadable test images under {args.data}")
     settings = DriftSettings(window=args.window, min_frames=min(100, args.window))
-    results = run(args.model, images, settings)
+    results = run(args.model, images, labels, settings)
     cost = time_update(args.model, images[0])
     if args.json:
         print(json.dumps({"results": results, "cost": cost}, indent=1))
         return
     signals = sorted({s for r in results.values() for s in r["signals"]})
     print(f"model {args.model.name}, {len(images)} held-out test images, window {args.window}")
-    print(f"{'condition':22} {'state':8} " + " ".join(f"{s:>18}" for s in signals))
+    accuracy = "accuracy" in next(iter(results.values()))
+    print(f"{'condition':22} {'state':8} " + " ".join(f"{s:>18}" for s in signals)
+          + ("   accuracy" if accuracy else ""))  # fmt: skip
     for name, r in results.items():
         cells = []
         for s in signals:
@@ -136,7 +148,8 @@ def main() -> None:
             ks = "" if v is None or v["ks"] is None else f"/{v['ks']:.2f}"
             text = "-" if v is None else f"{v['psi']:.2f}{ks}"
             cells.append(f"{text:>18}")
-        print(f"{name:22} {r['state']:8} " + " ".join(cells))
+        acc = f"   {r['accuracy']:8.3f}" if accuracy else ""
+        print(f"{name:22} {r['state']:8} " + " ".join(cells) + acc)
     print("cells: PSI/KS; alert level PSI 0.25")
     print(
         f"cost per frame: drift update {cost['update_ms']:.3f} ms (incl. image stats "
