@@ -32,7 +32,9 @@ def cmd_qa(args: argparse.Namespace) -> int:
     classes = args.classes.split(",") if args.classes else None
     ds = load_dataset(args.root, args.format, classes)
     dups = find_duplicates(ds.samples)
-    manifest = split_dataset(ds, seed=args.seed, groups=dups["exact"] + dups["near"])
+    manifest = split_dataset(
+        ds, seed=args.seed, groups=dups["exact"] + dups["near"] + dups["bracket"]
+    )
     report = quality_report(ds, manifest)
     args.out.mkdir(parents=True, exist_ok=True)
     manifest.save(args.out / "manifest.json")

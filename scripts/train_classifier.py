@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             for line in ds.problems[:10] + [f"unreadable: {u}" for u in ds.unreadable[:10]]:
                 print(f"warning: {line}", file=sys.stderr)
             dups = find_duplicates(ds.samples)
-            manifest = split_dataset(ds, seed=args.seed, groups=dups["exact"] + dups["near"])
+            manifest = split_dataset(
+                ds, seed=args.seed, groups=dups["exact"] + dups["near"] + dups["bracket"]
+            )
             manifest.save(args.out.with_name(args.out.stem + "-split.json"))
         metrics = train_classifier(manifest, args.out, cfg)
     except (DatasetError, ValueError, FileNotFoundError) as exc:

@@ -85,7 +85,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     say(f"reading {args.data}")
     dataset = load_dataset(args.data, "voc")
     groups = find_duplicates(dataset.samples)
-    manifest = split_dataset(dataset, seed=args.seed, groups=groups["exact"] + groups["near"])
+    manifest = split_dataset(
+        dataset, seed=args.seed, groups=groups["exact"] + groups["near"] + groups["bracket"]
+    )
     manifest.save(workdir / "split.json")
     counts = {k: len(v) for k, v in manifest.splits.items()}
     say(f"{len(dataset.samples)} images, split {counts}, manifest {manifest.digest[:12]}")

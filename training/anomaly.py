@@ -37,7 +37,6 @@ import itertools
 import json
 import math
 import random
-import re
 import time
 import warnings
 from collections import Counter, defaultdict
@@ -53,7 +52,9 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from service.inference.preprocess import PreprocessSpec, preprocess
-from training.dataset import UnionFind, phash  # one pHash and union-find for every split
+
+# one pHash, union-find and exposure-bracket rule for every split
+from training.dataset import BRACKET_GAP, EXPOSURE_BRACKET, UnionFind, phash
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 INPUT_NAME = "images"
@@ -209,8 +210,8 @@ def discover(data: Path, good_class: str) -> dict[str, list[Path]]:
 # Magnetic-tile file names: `exp<exposure>_num_<frame>`; the exposures of one tile have frame
 # numbers a few dozen apart, different tiles hundreds apart (gaps <= 40 inside a tile; 60 leaves
 # a margin and still separates tiles). pHash alone misses many of these siblings.
-TILE_NAME = re.compile(r"exp\d+_num_(\d+)", re.IGNORECASE)
-TILE_GAP = 60
+TILE_NAME = EXPOSURE_BRACKET
+TILE_GAP = BRACKET_GAP
 
 
 def duplicate_groups(

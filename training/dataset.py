@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -33,6 +34,12 @@ MIN_BOX_PX = 20  # the domain's smallest reliably detectable defect
 BALANCE_LIMIT = 3.0  # no class more than 3x the images of the smallest
 NEAR_DUPLICATE_BITS = 8  # pHash Hamming distance (of 64) that counts as a near duplicate
 SPLITS = ("train", "val", "test")
+# Exposure brackets: the same part shot at several exposures in quick succession, named
+# `exp<exposure>_num_<frame>` (the magnetic-tile set: frame numbers of one tile lie <= 40 apart,
+# different tiles hundreds apart). pHash misses many of these siblings, and a split that puts
+# one exposure in train and another in test leaks the part.
+EXPOSURE_BRACKET = re.compile(r"exp\d+_num_(\d+)", re.IGNORECASE)
+BRACKET_GAP = 60
 
 
 class DatasetError(ValueError):
@@ -372,10 +379,29 @@ def phash(image: np.ndarray) -> int:
     return int(np.packbits(bits).view(">u8")[0])
 
 
+def bracket_groups(names: Sequence[str], gap: int = BRACKET_GAP) -> list[list[int]]:
+    """Indices of `exp<N>_num_<frame>` names chained by frame numbers at most `gap` apart: the
+    exposures of one part. Names without that pattern are in no group."""
+    frames = sorted(
+        (int(m.group(1)), i) for i, name in enumerate(names) if (m := EXPOSURE_BRACKET.search(name))
+    )
+    groups: list[list[int]] = []
+    last: int | None = None
+    for frame, i in frames:
+        if last is not None and frame - last <= gap:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+        last = frame
+    return [sorted(g) for g in groups if len(g) > 1]
+
+
 def find_duplicates(
     samples: Sequence[Sample], max_bits: int = NEAR_DUPLICATE_BITS
 ) -> dict[str, list[list[int]]]:
-    """Groups of sample indices: `exact` (same pixels) and `near` (pHash within max_bits)."""
+    """Groups of sample indices: `exact` (same pixels), `near` (pHash within max_bits) and
+    `bracket` (exposure brackets of one part, by file name; see EXPOSURE_BRACKET). A split must
+    keep every group of all three kinds whole."""
     pixel_hash: dict[str, list[int]] = defaultdict(list)
     hashes = np.zeros(len(samples), dtype=np.uint64)
     for i, s in enumerate(samples):
@@ -402,7 +428,7 @@ def find_duplicates(
         groups[near_sets.find(i)].append(i)
     exact_sets = {frozenset(g) for g in exact}
     near = [g for g in groups.values() if len(g) > 1 and frozenset(g) not in exact_sets]
-    return {"exact": exact, "near": near}
+    return {"exact": exact, "near": near, "bracket": bracket_groups([s.path.name for s in samples])}
 
 
 # -- split and manifest
@@ -544,7 +570,10 @@ def quality_report(ds: Dataset, manifest: Manifest | None = None) -> dict[str, A
         return out
 
     exact, near = describe(dups["exact"]), describe(dups["near"])
-    straddling = [g for g in exact + near if len([s for s in g["splits"] if s != "-"]) > 1]
+    bracket = describe(dups["bracket"])
+    straddling = [
+        g for g in exact + near + bracket if len([s for s in g["splits"] if s != "-"]) > 1
+    ]
     widths = [s.width for s in ds.samples]
     heights = [s.height for s in ds.samples]
     multi = sum(1 for s in ds.samples if len({b.cls for b in s.boxes}) > 1)
@@ -571,6 +600,7 @@ def quality_report(ds: Dataset, manifest: Manifest | None = None) -> dict[str, A
         },
         "exact_duplicates": exact,
         "near_duplicates": near,
+        "exposure_brackets": bracket,
         "duplicates_across_splits": straddling,
         "unreadable": ds.unreadable,
         "problems": ds.problems,
@@ -591,6 +621,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"- images with several classes: {report['images_with_several_classes']}; grey images: {report['grey_images']}",
         f"- image width {report['image_size']['width']}, height {report['image_size']['height']}",
         f"- exact duplicate groups: {len(report['exact_duplicates'])}; near-duplicate groups: {len(report['near_duplicates'])}; "
+        f"exposure-bracket groups: {len(report['exposure_brackets'])}; "
         f"groups straddling splits: {len(report['duplicates_across_splits'])}",
         f"- unreadable files: {len(report['unreadable'])}; other problems: {len(report['problems'])}",
         "",

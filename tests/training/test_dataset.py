@@ -13,6 +13,7 @@ import yaml
 from training.dataset import (
     DatasetError,
     Manifest,
+    bracket_groups,
     export_yolo,
     find_duplicates,
     load_dataset,
@@ -78,8 +79,13 @@ def test_manifest_round_trip_and_yolo_export(neu, tmp_path: Path) -> None:
     assert float(w) == pytest.approx((b.x2 - b.x1) / 200, abs=1e-5)
 
 
-def test_magnetic_tile_masks_become_boxes(data_dir: Path) -> None:
-    ds = load_dataset(data_dir / "magnetic-tile")
+@pytest.fixture(scope="module")
+def tiles(data_dir: Path):
+    return load_dataset(data_dir / "magnetic-tile")
+
+
+def test_magnetic_tile_masks_become_boxes(tiles) -> None:
+    ds = tiles
     assert ds.fmt == "masks"
     assert set(ds.classes) == {
         "MT_Blowhole",
@@ -97,6 +103,31 @@ def test_magnetic_tile_masks_become_boxes(data_dir: Path) -> None:
     assert len(sizes) > 50, "tiles vary in size"
     report = quality_report(ds)
     assert not report["balance"]["ok"] and report["balance"]["smallest"] == "MT_Fray"
+
+
+def test_bracket_groups_chain_frame_numbers() -> None:
+    names = ["exp1_num_100.jpg", "exp2_num_130.jpg", "exp3_num_170.jpg", "exp1_num_900.jpg",
+             "crazing_1.jpg", "crazing_2.jpg", "exp1_num_2000.jpg", "EXP4_NUM_1960.jpg"]  # fmt: skip
+    # 100-130-170 chain (gaps <= 60); 900 alone; NEU-style names are never grouped; case-blind
+    assert bracket_groups(names) == [[0, 1, 2], [6, 7]]
+
+
+def test_exposure_brackets_stay_in_one_split(tiles) -> None:
+    """The same tile at several exposures must not straddle splits; pHash alone misses many."""
+    dups = find_duplicates(tiles.samples)
+    brackets = dups["bracket"]
+    assert len(brackets) > 150, len(brackets)
+    near = [set(g) for g in dups["near"] + dups["exact"]]
+    missed = [g for g in brackets if not any(set(g) <= n for n in near)]
+    assert len(missed) > 30, "pHash alone would not keep these siblings together"
+    manifest = split_dataset(tiles, seed=0, groups=dups["exact"] + dups["near"] + brackets)
+    split_of = {row["path"]: name for name, rows in manifest.splits.items() for row in rows}
+    for g in brackets:
+        paths = {str(tiles.samples[i].path.relative_to(tiles.root)) for i in g}
+        assert len({split_of[p] for p in paths}) == 1, paths
+    report = quality_report(tiles, manifest)
+    assert len(report["exposure_brackets"]) == len(brackets)
+    assert not report["duplicates_across_splits"]
 
 
 def _folder_dataset(tmp_path: Path, neu_images: list[Path], per_class: dict[str, int]) -> Path:
