@@ -25,7 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.drift import DriftMonitor, DriftSettings, image_stats  # noqa: E402
+from service.config import DriftConfig  # noqa: E402
+from service.drift import DriftMonitor, image_stats  # noqa: E402
 from service.frames import Frame  # noqa: E402
 from service.inference.model import load_model  # noqa: E402
 from service.inference.runtime import RuntimeOptions  # noqa: E402
@@ -65,7 +66,7 @@ def test_images(split_file: Path, data_root: Path) -> list[tuple[Path, str]]:
 
 
 def run(
-    model_path: Path, images: list[np.ndarray], labels: list[str], settings: DriftSettings
+    model_path: Path, images: list[np.ndarray], labels: list[str], settings: DriftConfig
 ) -> dict[str, dict]:
     model = load_model(model_path, RuntimeOptions(warmup_runs=1, intra_op_threads=1))
     out: dict[str, dict] = {}
@@ -90,7 +91,7 @@ def run(
 
 def time_update(model_path: Path, image: np.ndarray, repeats: int = 2000) -> dict[str, float]:
     model = load_model(model_path, RuntimeOptions(warmup_runs=1, intra_op_threads=1))
-    monitor = DriftMonitor(Metrics(), DriftSettings())
+    monitor = DriftMonitor(Metrics(), DriftConfig())
     monitor.register(model)
     result = model.predict([image])[0]
     frame = Frame("cam", 1, image, time.monotonic(), time.time())
@@ -119,7 +120,7 @@ def main() -> None:
         type=Path,
         default=Path(os.environ.get("LINEINSPECT_DATA", ROOT.parent / "shared/data")) / "neu-det",
     )
-    p.add_argument("--window", type=int, default=DriftSettings.window)
+    p.add_argument("--window", type=int, default=DriftConfig().window)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args()
@@ -130,7 +131,7 @@ def main() -> None:
     labels = [label for _, label in items]
     if any(image is None for image in images):
         raise SystemExit(f"unreadable test images under {args.data}")
-    settings = DriftSettings(window=args.window, min_frames=min(100, args.window))
+    settings = DriftConfig(window=args.window, min_frames=min(100, args.window))
     results = run(args.model, images, labels, settings)
     cost = time_update(args.model, images[0])
     if args.json:

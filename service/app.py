@@ -21,7 +21,7 @@ from typing import Any
 from service.batcher import MicroBatcher
 from service.capture import Camera, CameraState, make_source
 from service.config import CameraConfig, ModelConfig, Settings
-from service.drift import DriftMonitor, DriftSettings, NullDrift
+from service.drift import DriftMonitor, NullDrift
 from service.frames import BufferPolicy, FrameBuffer
 from service.inference.model import Model, load_model, make_policy
 from service.inference.runtime import RuntimeOptions
@@ -182,11 +182,7 @@ class LineInspect:
             review = self.review
             m.review_depth.set_function(review.depth)
         if s.drift.enabled:
-            d = s.drift
-            self.drift = DriftMonitor(m, DriftSettings(
-                d.window, d.min_frames, d.sample_every, d.psi_bins, d.psi_watch, d.psi_alert,
-                d.queue_size,
-            ))  # fmt: skip
+            self.drift = DriftMonitor(m, s.drift)
         self.drift.start()
         routes: dict[str, Route] = {}
         pending: list[tuple[CameraConfig, FrameBuffer]] = []

@@ -34,6 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from service.config import DriftConfig
 from service.frames import Frame
 from service.inference.model import Model, Result
 from service.metrics import Metrics
@@ -236,22 +237,11 @@ class Window:
         return out
 
 
-@dataclass(frozen=True)
-class DriftSettings:
-    window: int = 300
-    min_frames: int = 100
-    sample_every: int = 1
-    psi_bins: int = 10
-    psi_watch: float = 0.1
-    psi_alert: float = 0.25
-    queue_size: int = 16
-
-
 class DriftMonitor:
     """Per-camera drift against each model card's reference, exported as gauges."""
 
-    def __init__(self, metrics: Metrics, settings: DriftSettings | None = None) -> None:
-        self.metrics, self.settings = metrics, settings or DriftSettings()
+    def __init__(self, metrics: Metrics, settings: DriftConfig | None = None) -> None:
+        self.metrics, self.settings = metrics, settings or DriftConfig()
         self._queue: queue.Queue[tuple[Frame, Result] | None] = queue.Queue(
             self.settings.queue_size
         )
@@ -304,7 +294,9 @@ class DriftMonitor:
             try:
                 self.update(*item)
             except Exception:  # drift must never take the line down
-                log.exception("camera %s frame %d: drift update failed", *item_id(item))
+                log.exception(
+                    "camera %s frame %d: drift update failed", item[0].camera, item[0].frame_id
+                )
 
     def update(self, frame: Frame, result: Result) -> None:
         """Bin one frame into its camera's window and refresh the gauges (worker thread)."""
@@ -320,9 +312,7 @@ class DriftMonitor:
             window = self._windows.get(camera)
             if window is None or window.sha256 != model.sha256:
                 window = self._windows[camera] = Window(reference, model.sha256, s.window)
-        values: dict[str, list[float]] = dict(
-            zip(STATS, ([v] for v in image_stats(frame.image)), strict=True)
-        )
+        values = {name: [v] for name, v in zip(STATS, image_stats(frame.image), strict=True)}
         values["confidence"] = confidences_of(result)
         bins = {
             name: [sig.bin_of(v) for v in values.get(name, [])]
@@ -379,10 +369,6 @@ class DriftMonitor:
                     },
                 }
         return out
-
-
-def item_id(item: tuple[Frame, Result]) -> tuple[str, int]:
-    return item[0].camera, item[0].frame_id
 
 
 class NullDrift:

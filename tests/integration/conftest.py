@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.api.server import create_app, uvicorn_config
 from service.app import LineInspect
@@ -32,6 +33,16 @@ def die_with_parent() -> None:
     import ctypes
 
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """One series' value in a /metrics body (prometheus_client's own parser); fails when the
+    series is not exported."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    raise AssertionError(f"{name}{labels} is not exported")
 
 
 def free_port() -> int:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from tests.integration.conftest import REPO, Broker
+from tests.integration.conftest import REPO, Broker, sample
 from tests.integration.test_line import Serve, folder_camera, line_config
 
 
@@ -43,13 +42,6 @@ def write_frames(folder: Path, paths: list[Path], transform: str) -> Path:
     return folder
 
 
-def gauge(metrics: str, name: str, **labels: str) -> float:
-    body = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    match = re.search(rf"^{name}\{{{re.escape(body)}\}} (\S+)$", metrics, re.M)
-    assert match, f"{name}{{{body}}} not exported"
-    return float(match.group(1))
-
-
 def test_drifted_cameras_alert_and_the_healthy_one_does_not(
     serve: Serve, broker: Broker, tmp_path: Path, data_dir: Path
 ) -> None:
@@ -73,7 +65,7 @@ def test_drifted_cameras_alert_and_the_healthy_one_does_not(
         time.sleep(0.25)
     metrics = running.client.get("/metrics").text
     psi = {
-        c: {s: gauge(metrics, "lineinspect_drift_psi", camera=c, signal=s)
+        c: {s: sample(metrics, "lineinspect_drift_psi", camera=c, signal=s)
             for s in ("brightness", "contrast", "sharpness", "confidence")}
         for c in cams
     }  # fmt: skip
@@ -84,6 +76,6 @@ def test_drifted_cameras_alert_and_the_healthy_one_does_not(
     assert psi["blur"]["sharpness"] > 1.0, psi["blur"]
     for c in ("dark", "shadow", "blur"):
         assert drift[c]["state"] == "alert", (c, drift[c])
-        assert gauge(metrics, "lineinspect_drift_ks", camera=c, signal="brightness") >= 0
-    assert gauge(metrics, "lineinspect_drift_window_frames", camera="healthy") == 150
-    assert 0 <= gauge(metrics, "lineinspect_uncertain_ratio", camera="healthy") <= 1
+        assert sample(metrics, "lineinspect_drift_ks", camera=c, signal="brightness") >= 0
+    assert sample(metrics, "lineinspect_drift_window_frames", camera="healthy") == 150
+    assert 0 <= sample(metrics, "lineinspect_uncertain_ratio", camera="healthy") <= 1

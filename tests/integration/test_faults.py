@@ -23,19 +23,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import REPO, Broker, Plc, die_with_parent, free_port
+from tests.integration.conftest import REPO, Broker, Plc, die_with_parent, free_port, sample
 from tests.integration.test_line import assert_complete, folder_camera, image_folder, line_config
 
 pytestmark = pytest.mark.faults
 
 RECOVERY_BOUND_S = 5.0  # the outbox retries a failed write every second
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    body = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    pattern = rf"^{name}\{{{re.escape(body)}\}} (\S+)$" if labels else rf"^{name} (\S+)$"
-    match = re.search(pattern, text, re.M)
-    return float(match.group(1)) if match else 0.0
 
 
 def fill(folder: Path) -> Path:
@@ -91,7 +84,7 @@ def test_disk_full_under_outbox_and_review_loses_no_verdict(
         before = len(plc.verdicts("cam1"))
         time.sleep(2)
         text = httpx.get(f"{url}/metrics").text
-        assert metric(text, "lineinspect_review_dropped_total", camera="cam1", reason="disk") > 0
+        assert sample(text, "lineinspect_review_dropped_total", camera="cam1", reason="disk") > 0
         assert len(plc.verdicts("cam1")) > before, "verdicts stopped with only the review full"
         # 2. the outbox's disk is full too: verdicts wait in memory, nothing is dropped
         outbox_filler = fill(inside / "outbox")
@@ -101,7 +94,7 @@ def test_disk_full_under_outbox_and_review_loses_no_verdict(
         assert proc.poll() is None, "the service exited on a full disk"
         assert httpx.get(f"{url}/healthz").status_code == 200
         text = httpx.get(f"{url}/metrics").text
-        assert metric(text, "lineinspect_pipeline_errors_total", stage="outbox") > 0, text[-2000:]
+        assert sample(text, "lineinspect_pipeline_errors_total", stage="outbox") > 0, text[-2000:]
         assert len(plc.verdicts("cam1")) == delivered_when_full, "verdicts sent without a spool"
         assert len(plc.verdicts("cam1")) < n
         outbox_filler.unlink()

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
+from service.config import DriftConfig
 from service.drift import (
     STATS,
     DriftMonitor,
-    DriftSettings,
     Reference,
     Window,
     image_stats,
@@ -135,7 +135,7 @@ def test_monitor_separates_darkened_frames_and_resets_on_a_new_model(
 ) -> None:
     model = load_model(REPO / "models" / "neu-cls-int8.onnx", RuntimeOptions(warmup_runs=0))
     metrics = Metrics()
-    monitor = DriftMonitor(metrics, DriftSettings(window=120, min_frames=100))
+    monitor = DriftMonitor(metrics, DriftConfig(window=120, min_frames=100))
     monitor.init_camera("fresh", model)
     monitor.init_camera("dark", model)
     paths = neu_images[:: len(neu_images) // 120][:120]  # every class, as a line mixes them
