@@ -1,13 +1,16 @@
 """lineinspect against its peers, in one run, on the same machine, model, input size and frames.
 
+    python scripts/bench_peers.py --models models/neu-det-demo.onnx --sizes 320,640
     python scripts/bench_peers.py --models build/issue6/det-320.onnx,build/issue6/det-640.onnx
     python scripts/bench_peers.py --models M.onnx --paths raw,line --frames 744 --json out.json
 
 Paths, each measured in its own process so that CPU seconds and peak RSS belong to that path:
 - raw: a plain `InferenceSession` with ONNX Runtime's default options, batch 1, fed frames of
-  the clip decoded and preprocessed beforehand (in chunks of 16, outside the timed region). The
-  limit no service can beat at batch 1. `raw b8` is the same session fed batches of 8: what
-  batching alone buys on this CPU (a reference, not a peer).
+  the clip decoded and preprocessed beforehand (in chunks of 16, outside the timed region) with
+  lineinspect's own preprocessing (the rect letterbox for a dynamic-size detector: 1280x720 ->
+  640x384). The limit no service can beat at batch 1. `raw b8` is the same session fed batches
+  of 8: what batching alone buys on this CPU; `raw b1 square` the full-square letterbox
+  lineinspect fed before the rect letterbox (references, not peers).
 - line: the clip played as a camera as fast as it goes (buffer policy `block`, nothing dropped)
   through capture (H.264 decode) -> preprocessing -> inference (batched) -> decision -> SQLite
   outbox -> a real mosquitto -> a real subscriber in this process, where verdicts are counted
@@ -30,6 +33,7 @@ Columns: frames/s, p50/p99 latency (ms), process CPU seconds per frame (all thre
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -107,11 +111,16 @@ def worker_raw(model_path: Path, source: Path, frames: int) -> dict[str, Any]:
     # One plain session with ONNX Runtime's defaults; lineinspect's preprocessing (the
     # Ultralytics-exact letterbox, spec read from the same session) makes its input tensors.
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    spec = resolve(model_path, session, None).preprocess
+    served = resolve(model_path, session, None).preprocess
     name = session.get_inputs()[0].name
     cap = cv2.VideoCapture(str(source))
     rows: dict[str, Any] = {}
-    for batch in (1, 8):
+    # The tensors lineinspect feeds (the rect letterbox for a dynamic-size detector), batch 1
+    # and 8; and, for reference, the full square that it fed before the rect letterbox.
+    variants = [("raw b1", served, 1), ("raw b8", served, 8)]
+    if served.stride:
+        variants.append(("raw b1 square", dataclasses.replace(served, stride=None), 1))
+    for label, spec, batch in variants:
         cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
         lat: list[float] = []
         wall = cpu = 0.0
@@ -138,9 +147,7 @@ def worker_raw(model_path: Path, source: Path, frames: int) -> dict[str, Any]:
             wall += time.perf_counter() - t0
             cpu += time.process_time() - c0
             done += len(chunk)
-        rows[f"raw b{batch}"] = summary(
-            done, wall, lat, cpu, proc_status_mb(os.getpid(), "VmHWM"), la
-        )
+        rows[label] = summary(done, wall, lat, cpu, proc_status_mb(os.getpid(), "VmHWM"), la)
     cap.release()
     return rows
 
@@ -290,6 +297,24 @@ def run_http(
     return rows
 
 
+def at_size(model: Path, size: int, folder: Path) -> Path:
+    """A copy of a dynamic-size detector whose metadata says `imgsz` = size (and no card), so
+    every path (lineinspect's resolver, Ultralytics) runs it at that size."""
+    import onnx
+
+    proto = onnx.load(str(model))
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    if any(d.HasField("dim_value") for d in dims[2:]):
+        raise SystemExit(f"{model}: --sizes needs an ONNX with a dynamic height and width")
+    meta = {p.key: p for p in proto.metadata_props}
+    if "imgsz" not in meta:
+        meta["imgsz"] = proto.metadata_props.add(key="imgsz")
+    meta["imgsz"].value = f"[{size}, {size}]"
+    out = folder / f"{model.stem}-{size}.onnx"
+    onnx.save(proto, str(out))
+    return out
+
+
 def bench_model(
     model: Path, source: Path, frames: int, clip_frames: int, paths: list[str], http_s: float,
     clients: list[int], line_overrides: dict[str, Any],
@@ -377,7 +402,13 @@ def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--models", default="build/issue6/det-320.onnx,build/issue6/det-640.onnx")
+    p.add_argument("--models", default="models/neu-det-demo.onnx")
+    p.add_argument(
+        "--sizes",
+        default="",
+        help="input sizes to run each model at, e.g. 320,640 (a dynamic-size ONNX only: a copy "
+        "with its metadata imgsz set to each size, no card); empty: the model's own size",
+    )
     p.add_argument("--source", type=Path, default=CLIP)
     p.add_argument("--frames", type=int, default=0, help="frames per path; 0: one pass of the clip")
     p.add_argument("--paths", default=",".join(ALL_PATHS))
@@ -411,8 +442,14 @@ def main() -> int:
     print(f"clip {args.source.name}: {clip_frames} frames; {frames} frames per path; "
           f"load average {os.getloadavg()}")  # fmt: skip
     results: dict[str, Any] = {}
-    for m in args.models.split(","):
-        model = Path(m)
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    work = tempfile.TemporaryDirectory(prefix="bench_peers-")
+    models = [
+        at_size(Path(m), size, Path(work.name)) if size else Path(m)
+        for m in args.models.split(",")
+        for size in (sizes or [0])
+    ]
+    for model in models:
         rows = bench_model(
             model, args.source, frames, clip_frames, paths, args.http_seconds, clients,
             json.loads(args.line),
@@ -422,6 +459,7 @@ def main() -> int:
         for t in verdicts:
             print("  " + t)
         results[str(model)] = {"rows": rows, "targets": verdicts}
+    work.cleanup()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))

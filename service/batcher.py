@@ -181,9 +181,8 @@ class MicroBatcher:
     def _run_group(self, model: Model, jobs: list[_Job]) -> None:
         n = len(jobs)
         try:
-            batch = np.stack([j.tensor for j in jobs])
             t0 = time.perf_counter()
-            outputs = model.run(batch)
+            outputs = model.run_each([j.tensor for j in jobs])
             infer = time.perf_counter() - t0
         except Exception as exc:
             log.exception("model %s: inference failed for a batch of %d", model.spec.name, n)
@@ -195,7 +194,7 @@ class MicroBatcher:
         for i, j in enumerate(jobs):
             times = StageTimes(j.times.decode, j.times.preprocess, infer)
             try:
-                j.future.set_result(model.finish(outputs, i, j.geometry, times, n))
+                j.future.set_result(model.finish(outputs[i], j.geometry, times, n))
             except Exception as exc:
                 log.exception("model %s: postprocessing failed", model.spec.name)
                 j.future.set_exception(exc)

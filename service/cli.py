@@ -124,6 +124,7 @@ def cmd_models_inspect(args: argparse.Namespace) -> int:
         print(info.model_dump_json(indent=2))
         return 0
     s = model.spec
+    rect = f" (rect, stride {info.rect_stride})" if info.rect_stride else ""
     rows = [
         ("model", f"{info.name} {info.version}"),
         ("file", f"{s.path} (sha256 {info.sha256})"),
@@ -132,7 +133,8 @@ def cmd_models_inspect(args: argparse.Namespace) -> int:
         ("classes", f"{len(info.classes)}: {', '.join(info.classes)}"),
         ("good classes", ", ".join(info.good_classes) or "-"),
         ("input", f"{info.input_name} {info.input_size[0]}x{info.input_size[1]} {info.color}, "
-                  f"{info.resize}, batch {info.batch or 'dynamic'}"),
+                  f"{info.resize}{rect}, "
+                  f"batch {info.batch or 'dynamic'}"),
         ("normalise", f"x*{s.preprocess.scale:.6g} - {s.preprocess.mean} / {s.preprocess.std}"),
         ("outputs", ", ".join(f"{k} {v}" for k, v in info.output_shapes.items())),
         ("providers", ", ".join(info.providers)),

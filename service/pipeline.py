@@ -249,7 +249,7 @@ class Line:
             t1 = time.perf_counter()
             pre_each = (t1 - t0) / len(frames)
             try:
-                outputs = model.run(np.stack([prepared[i][0] for i in good]))
+                outputs = model.run_each([prepared[i][0] for i in good])
             except Exception as exc:
                 for i in good:
                     self._error("infer", frames[i], exc)
@@ -263,7 +263,7 @@ class Line:
                 for k, i in enumerate(good):
                     try:
                         result = model.finish(
-                            outputs, k, prepared[i][1], StageTimes(0.0, pre_each, infer), len(good)
+                            outputs[k], prepared[i][1], StageTimes(0.0, pre_each, infer), len(good)
                         )
                         outcomes[i] = Outcome(frames[i], result, None, time.monotonic())
                     except Exception as exc:

@@ -39,6 +39,7 @@ def describe(model: Model) -> ModelDescription:
         input_name=s.input_name,
         input_size=s.preprocess.size,
         resize=s.preprocess.resize,
+        rect_stride=s.preprocess.stride,
         color=s.preprocess.color,
         batch=s.fixed_batch,
         providers=model.providers,

@@ -157,6 +157,11 @@ class ModelDescription(BaseModel):
     # a list, not a tuple: FastAPI renders tuples as OpenAPI 3.0 `items: [...]`, invalid in 3.1
     input_size: list[int] = Field(min_length=2, max_length=2, description="[height, width]")
     resize: str
+    rect_stride: int | None = Field(
+        None,
+        description="Letterbox to the smallest multiple of this stride that holds the image "
+        "(a dynamic-size detector), or null: always the full input size.",
+    )
     color: str
     batch: int | None = Field(description="Fixed batch size, or null when dynamic.")
     providers: list[str] = Field(description="Execution providers actually in use.")

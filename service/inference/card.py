@@ -47,6 +47,13 @@ class InputSpec(_Strict):
         1.0, description="Divided after subtracting the mean (per channel)."
     )
     pad_value: int = Field(114, ge=0, le=255, description="Letterbox border value.")
+    rect: bool = Field(
+        True,
+        description="Detectors whose ONNX input has a dynamic height and width: letterbox to "
+        "the smallest multiple of the model's stride that holds the frame (a 1280x720 frame "
+        "-> 640x384 at size 640), as Ultralytics' predict does for such models, instead of the "
+        "full square. No effect on square frames or fixed-size models. false: always the square.",
+    )
 
 
 class OutputSpec(_Strict):

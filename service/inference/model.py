@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,13 +151,30 @@ class Model:
             parts.append(self.session.run(None, {self.spec.input_name: chunk}))
         return [np.concatenate(outs, axis=0)[:n] for outs in zip(*parts, strict=True)]
 
+    def run_each(self, tensors: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+        """Raw outputs per image (each with a batch axis of one) for (C, H, W) tensors.
+
+        Tensors of one shape run together; a rect letterbox gives frames of other aspect ratios
+        other shapes, and those run as their own batches.
+        """
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, tensor in enumerate(tensors):
+            groups.setdefault(tensor.shape, []).append(i)
+        per_image: list[list[np.ndarray]] = [[] for _ in tensors]
+        for indices in groups.values():
+            outputs = self.run(np.stack([tensors[i] for i in indices]))
+            for k, i in enumerate(indices):
+                per_image[i] = [out[k : k + 1] for out in outputs]
+        return per_image
+
     def postprocess(
-        self, outputs: list[np.ndarray], index: int, geometry: Geometry, policy: DecisionPolicy
+        self, outputs: list[np.ndarray], geometry: Geometry, policy: DecisionPolicy
     ) -> Prediction:
+        """One image's raw outputs (a batch axis of one, as `run_each` gives them)."""
         spec = self.spec
         if spec.task == "detect":
             assert spec.layout is not None
-            raw = np.asarray(outputs[0][index], dtype=np.float32)
+            raw = np.asarray(outputs[0][0], dtype=np.float32)
             boxes, conf, cls = yolo.detect(
                 raw,
                 spec.layout,
@@ -169,14 +186,14 @@ class Model:
             dets = Detections(geometry.to_original(boxes), conf, cls)
             return Prediction("detect", geometry.image_size, detections=dets)
         if spec.task == "classify":
-            row = np.asarray(outputs[0][index], dtype=np.float32).reshape(-1)
+            row = np.asarray(outputs[0][0], dtype=np.float32).reshape(-1)
             probs = row if spec.output_kind == "probabilities" else softmax(row)
             return Prediction("classify", geometry.image_size, probabilities=probs)
         names = [o.name for o in self.session.get_outputs()]
-        raw_score = float(np.asarray(outputs[names.index(spec.score_output)][index]).reshape(-1)[0])
+        raw_score = float(np.asarray(outputs[names.index(spec.score_output)][0]).reshape(-1)[0])
         amap = None
         if spec.map_output is not None:
-            amap = np.asarray(outputs[names.index(spec.map_output)][index], np.float32).squeeze()
+            amap = np.asarray(outputs[names.index(spec.map_output)][0], np.float32).squeeze()
         return Prediction(
             "anomaly",
             geometry.image_size,
@@ -209,15 +226,14 @@ class Model:
     def finish(
         self,
         outputs: list[np.ndarray],
-        index: int,
         geometry: Geometry,
         times: StageTimes,
         batch_size: int,
     ) -> Result:
-        """Postprocess and decide one image of a batch that has run."""
+        """Postprocess and decide one image of a batch that has run (its `run_each` outputs)."""
         policy = self.policy  # one snapshot for both steps
         t0 = time.perf_counter()
-        prediction = self.postprocess(outputs, index, geometry, policy)
+        prediction = self.postprocess(outputs, geometry, policy)
         t1 = time.perf_counter()
         decision = self.decide(prediction, policy)
         t2 = time.perf_counter()
@@ -231,12 +247,13 @@ class Model:
         t0 = time.perf_counter()
         prepared = [self.preprocess(img) for img in images]
         t1 = time.perf_counter()
-        batch = np.stack([p[0] for p in prepared])
-        outputs = self.run(batch)
+        outputs = self.run_each([p[0] for p in prepared])
         t2 = time.perf_counter()
         n = len(images)
         times = StageTimes(preprocess=(t1 - t0) / n, infer=(t2 - t1) / n)
-        return [self.finish(outputs, i, g, times, n) for i, (_, g) in enumerate(prepared)]
+        return [
+            self.finish(out, g, times, n) for out, (_, g) in zip(outputs, prepared, strict=True)
+        ]
 
     def warmup(self, runs: int) -> None:
         h, w = self.spec.preprocess.size

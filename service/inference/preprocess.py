@@ -1,7 +1,10 @@
 """Image -> input tensor, and the inverse mapping of boxes back to original pixels.
 
 The letterbox reproduces Ultralytics' `LetterBox` (centred, pad 114, INTER_LINEAR, the same
-rounding of the padding), because a served detector must see the pixels it was trained on.
+rounding of the padding), because a served detector must see the pixels it was trained on. With
+a stride (models whose height and width are dynamic) it pads only to the next multiple of the
+stride, as Ultralytics' predict does for such models (`rect`): a 1280x720 frame becomes 640x384
+instead of 640x640, 40 % fewer pixels to run.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ class PreprocessSpec:
     std: tuple[float, float, float]
     pad_value: int = 114
     dtype: type[np.floating[Any]] = np.float32
+    # letterbox only: pad to a multiple of this instead of the full size (None: full size)
+    stride: int | None = None
 
     @property
     def channels(self) -> int:
@@ -54,13 +59,16 @@ class Geometry:
 
 
 def letterbox(
-    image: UInt8Image, size: tuple[int, int], pad_value: int = 114
+    image: UInt8Image, size: tuple[int, int], pad_value: int = 114, stride: int | None = None
 ) -> tuple[UInt8Image, Geometry]:
     h, w = image.shape[:2]
     new_h, new_w = size
     r = min(new_h / h, new_w / w)
-    unpad_w, unpad_h = round(w * r), round(h * r)
-    dw, dh = (new_w - unpad_w) / 2, (new_h - unpad_h) / 2
+    unpad_w, unpad_h = max(round(w * r), 1), max(round(h * r), 1)
+    pad_w, pad_h = new_w - unpad_w, new_h - unpad_h
+    if stride:  # the minimum rectangle: each side only up to the next multiple of the stride
+        pad_w, pad_h = pad_w % stride, pad_h % stride
+    dw, dh = pad_w / 2, pad_h / 2
     if (w, h) != (unpad_w, unpad_h):
         image = cv2.resize(image, (unpad_w, unpad_h), interpolation=cv2.INTER_LINEAR)
     top, bottom = round(dh - 0.1), round(dh + 0.1)
@@ -101,7 +109,7 @@ def preprocess(image: UInt8Image, spec: PreprocessSpec) -> tuple[npt.NDArray[Any
     if image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     if spec.resize == "letterbox":
-        image, geom = letterbox(image, spec.size, spec.pad_value)
+        image, geom = letterbox(image, spec.size, spec.pad_value, spec.stride)
     elif spec.resize == "center_crop":
         image, geom = center_crop(image, spec.size)
     else:

@@ -269,6 +269,11 @@ def resolve(path: Path, session: Any, card: ModelCard | None) -> ModelSpec:
             "write a card if the model was trained otherwise"
         )
     defaults = spec_in or InputSpec()
+    stride = None
+    if task == "detect" and resize == "letterbox" and not (h_dim or w_dim) and defaults.rect:
+        # A dynamic-size detector takes the minimum rectangle, as Ultralytics' predict gives it.
+        stride = meta.stride or 32
+        sources["input.rect"] = f"stride {stride} ({'metadata' if meta.stride else 'default'})"
     pre = PreprocessSpec(
         size=(int(size[0]), int(size[1])),
         resize=resize,
@@ -278,6 +283,7 @@ def resolve(path: Path, session: Any, card: ModelCard | None) -> ModelSpec:
         std=_triple(defaults.std),
         pad_value=defaults.pad_value,
         dtype=dtype,
+        stride=stride,
     )
     if pre.channels != channels:
         raise ModelError(

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.inference.registry import file_sha256
-from tests.integration.conftest import Running, post_image
+from tests.integration.conftest import REPO, Running, post_image
 
 NEU_CLASSES = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
 Serve = Callable[..., Running]
@@ -292,3 +292,50 @@ def test_not_ready_until_started(serve: Serve, neu_images: list[Path]) -> None:
     assert running.client.get("/healthz").status_code == 200
     r = post_image(running.client, neu_images[0].read_bytes())
     assert r.status_code == 503 and "not ready" in r.text
+
+
+def test_detector_batches_frames_of_different_shapes(serve: Serve, data_dir: Path) -> None:
+    """A dynamic-size detector letterboxes each frame to its own stride rectangle, so requests
+    of different aspect ratios arriving together form several tensor shapes: each shape runs as
+    its own batch and every request gets the boxes it gets alone, in its own pixels."""
+    running = serve(
+        {
+            "LINEINSPECT__MODELS__0__PATH": str(REPO / "models" / "neu-det-demo.onnx"),
+            "LINEINSPECT__API__BATCH__MAX_WAIT_MS": "30",
+        }
+    )
+    image = cv2.imread(str(data_dir / "neu-det" / "IMAGES" / "patches_10.jpg"), cv2.IMREAD_COLOR)
+    frames = {
+        "square": image,
+        "wide": cv2.resize(image, (1280, 720)),
+        "tall": image[:, :150],
+        "square2": cv2.flip(image, 1),
+    }
+    bodies = {k: cv2.imencode(".png", f)[1].tobytes() for k, f in frames.items()}
+    alone = {k: post_image(running.client, b, "image/png").json() for k, b in bodies.items()}
+    results: dict[str, dict] = {}
+
+    def one(key: str) -> None:
+        with httpx.Client(base_url=running.url, timeout=30) as client:
+            results[key] = post_image(client, bodies[key], "image/png").json()
+
+    max_batch = 0
+    for _ in range(3):
+        threads = [threading.Thread(target=one, args=(k,)) for k in bodies for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for key, body in results.items():
+            want = alone[key]["detections"]
+            got = body["detections"]
+            assert [d["class_id"] for d in got] == [d["class_id"] for d in want], key
+            for g, w in zip(got, want, strict=True):
+                assert abs(g["confidence"] - w["confidence"]) < 1e-5, key
+                for c in ("x1", "y1", "x2", "y2"):
+                    assert abs(g["box"][c] - w["box"][c]) < 1e-2, key
+            h, w_ = frames[key].shape[:2]
+            assert all(d["box"]["x2"] <= w_ and d["box"]["y2"] <= h for d in got), key
+            max_batch = max(max_batch, body["timing_ms"]["batch_size"])
+    assert sum(len(a["detections"]) for a in alone.values()) >= 4, "too few boxes to compare"
+    assert max_batch > 1, "concurrent requests should share at least one batch"

@@ -29,7 +29,7 @@ pytest.importorskip(
 )
 
 from scripts import train_detector  # noqa: E402
-from service.inference.card import ThresholdSpec  # noqa: E402
+from service.inference.card import ThresholdSpec, card_path_for  # noqa: E402
 from service.inference.model import Model, make_policy  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,7 +126,7 @@ def quick_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_quick_run_trains_exports_and_is_served(quick_run: Path, neu_images: list[Path]) -> None:
-    from service.inference.card import card_path_for, load_card
+    from service.inference.card import load_card
     from service.inference.model import load_model
 
     card = load_card(card_path_for(quick_run))
@@ -223,24 +223,40 @@ def test_served_boxes_equal_ultralytics_onnx_predict(
     assert total >= len(PARITY_IMAGES), f"too few boxes ({total}) for a meaningful comparison"
 
 
-def test_non_square_frames_match_ultralytics_square_letterbox(
-    shipped: Path, data_dir: Path
-) -> None:
-    """Same as above on non-square frames, against Ultralytics' full-square letterbox (rect=False).
+def square_card_copy(shipped: Path, folder: Path) -> Path:
+    """The shipped detector beside a copy of its card that says `input.rect: false`."""
+    import yaml
 
-    Ultralytics' default (rect=True for a dynamic-shape ONNX) pads only to a multiple of the
-    stride, so its input tensor, and hence its boxes, differ from lineinspect's on purpose:
-    lineinspect always feeds the card's fixed input size.
+    card = yaml.safe_load(card_path_for(shipped).read_text())
+    card["input"]["rect"] = False
+    onnx = folder / shipped.name
+    onnx.write_bytes(shipped.read_bytes())
+    card_path_for(onnx).write_text(yaml.safe_dump(card, sort_keys=False))
+    return onnx
+
+
+@pytest.mark.parametrize("rect", [True, False], ids=["rect-default", "square-card"])
+def test_non_square_frames_match_ultralytics(
+    shipped: Path, data_dir: Path, tmp_path: Path, rect: bool
+) -> None:
+    """Same as above on non-square frames (a 1280x720 camera, crops of other aspects).
+
+    By default a dynamic-size detector is letterboxed to the minimum stride rectangle, which is
+    Ultralytics' own predict default for such an ONNX (rect=True): 150x200 -> 160x224 at 224 px.
+    A card with `input.rect: false` feeds the full square, as Ultralytics does with rect=False.
     """
     ul = detect.ultralytics(threads=1)
-    model = detect.serve(shipped)
+    model = detect.serve(shipped if rect else square_card_copy(shipped, tmp_path))
+    assert model.spec.preprocess.stride == (32 if rect else None)
     model.set_policy(make_policy(model.spec, ThresholdSpec(default=0.02, band=0.01), ()))
     yolo = ul.YOLO(str(shipped), task="detect")
     imgsz = model.spec.preprocess.size[0]
-    bad = []
+    bad, shapes, total = [], set(), 0
     for name in PARITY_IMAGES[:3]:
         image = cv2.imread(str(data_dir / "neu-det" / "IMAGES" / name), cv2.IMREAD_COLOR)
-        for frame in (image[:, :150], image[:123, :], cv2.resize(image, (517, 301))):
+        wide = cv2.resize(image, (1280, 720))
+        for frame in (image[:, :150], image[:123, :], cv2.resize(image, (517, 301)), wide):
+            shapes.add(model.preprocess(frame)[0].shape)
             ours = lineinspect_boxes(model, frame)
             r = yolo.predict(
                 frame,
@@ -248,7 +264,7 @@ def test_non_square_frames_match_ultralytics_square_letterbox(
                 iou=model.spec.nms_iou,
                 max_det=model.spec.max_detections,
                 imgsz=imgsz,
-                rect=False,
+                rect=rect,
                 device="cpu",
                 verbose=False,
             )[0]
@@ -257,7 +273,29 @@ def test_non_square_frames_match_ultralytics_square_letterbox(
                 "conf": r.boxes.conf.numpy().astype(np.float32),
                 "cls": r.boxes.cls.numpy().astype(np.int64),
             }
+            total += len(ours["conf"])
             result = compare(ours, theirs)
             if not result["ok"]:
                 bad.append((name, frame.shape[:2], result))
     assert not bad, f"non-square frames differ: {bad}"
+    assert total >= 20, f"too few boxes ({total}) for a meaningful comparison"
+    if rect:  # 1280x720 -> 224x128; 150x200 -> 224x192 (w 168 -> 192); 123x200 -> 160x224
+        assert (3, 128, 224) in shapes and (3, 224, 192) in shapes and (3, 160, 224) in shapes
+    else:
+        assert shapes == {(3, 224, 224)}
+
+
+def test_mixed_shapes_in_one_batch_equal_one_by_one(shipped: Path, data_dir: Path) -> None:
+    """Frames of different aspect ratios in one batch (the line batches across cameras) run as
+    one group per tensor shape and give exactly the boxes each frame gets alone."""
+    model = detect.serve(shipped)
+    model.set_policy(make_policy(model.spec, ThresholdSpec(default=0.02, band=0.01), ()))
+    image = cv2.imread(str(data_dir / "neu-det" / "IMAGES" / PARITY_IMAGES[0]), cv2.IMREAD_COLOR)
+    frames = [image, cv2.resize(image, (1280, 720)), image[:, :150], cv2.flip(image, 0)]
+    together = [r.prediction.detections for r in model.predict(frames)]
+    for frame, dets in zip(frames, together, strict=True):
+        alone = model.predict([frame])[0].prediction.detections
+        assert dets is not None and alone is not None
+        np.testing.assert_allclose(dets.xyxy, alone.xyxy, atol=1e-3)
+        np.testing.assert_allclose(dets.confidence, alone.confidence, atol=1e-5)
+        np.testing.assert_array_equal(dets.class_id, alone.class_id)

@@ -46,6 +46,35 @@ def test_letterbox_odd_padding_rounds_like_ultralytics() -> None:
     assert (out[:, 0] == 114).all() and (out[:, 1] == 0).all() and (out[:, -2:] == 114).all()
 
 
+@pytest.mark.parametrize(
+    ("image_hw", "size", "stride", "out_hw", "pad_xy"),
+    [
+        # 1280x720 camera at 640: content 640x360, 280 rows of padding -> 280 % 32 = 24
+        ((720, 1280), (640, 640), 32, (384, 640), (0.0, 12.0)),
+        ((720, 1280), (320, 320), 32, (192, 320), (0.0, 6.0)),
+        # tall 200x150 at 224: content 168 wide, 56 % 32 = 24 -> 192 (left round(11.9) = 12)
+        ((200, 150), (224, 224), 32, (224, 192), (12.0, 0.0)),
+        # odd remainder: 123x200 -> content 224x138, 86 % 32 = 22 -> 160, top 11
+        ((123, 200), (224, 224), 32, (160, 224), (0.0, 11.0)),
+        # square frames and exact multiples are unchanged by the stride
+        ((200, 200), (224, 224), 32, (224, 224), (0.0, 0.0)),
+        ((480, 640), (640, 640), 32, (480, 640), (0.0, 0.0)),
+        ((720, 1280), (640, 640), None, (640, 640), (0.0, 140.0)),
+    ],
+)
+def test_rect_letterbox_pads_to_the_stride_multiple(
+    image_hw: tuple[int, int],
+    size: tuple[int, int],
+    stride: int | None,
+    out_hw: tuple[int, int],
+    pad_xy: tuple[float, float],
+) -> None:
+    out, geom = letterbox(np.zeros((*image_hw, 3), np.uint8), size, stride=stride)
+    assert out.shape[:2] == out_hw
+    assert (geom.pad_x, geom.pad_y) == pad_xy
+    assert geom.image_size == image_hw
+
+
 def test_inverse_mapping_round_trips_hand_computed_box() -> None:
     _, geom = letterbox(np.zeros((250, 400, 3), np.uint8), (640, 640))
     boxes = np.array([[240, 280, 400, 360]], np.float32)
