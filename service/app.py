@@ -24,7 +24,7 @@ from service.config import CameraConfig, ModelConfig, Settings
 from service.drift import DriftMonitor, NullDrift
 from service.frames import BufferPolicy, FrameBuffer
 from service.inference.model import Model, load_model, make_policy
-from service.inference.runtime import RuntimeOptions
+from service.inference.runtime import RuntimeOptions, cpu_only, parallelism, usable_cores
 from service.metrics import Metrics
 from service.outbox import Outbox
 from service.pipeline import Line, ModelSlot, Route, VerdictFeed, topic_segment
@@ -36,9 +36,13 @@ log = logging.getLogger(__name__)
 
 def runtime_options(settings: Settings) -> RuntimeOptions:
     rt = settings.runtime
+    runs, intra = parallelism(
+        rt.parallel_runs, rt.intra_op_threads, cpu_only(rt.providers), usable_cores()
+    )
     return RuntimeOptions(
         providers=tuple(rt.providers),
-        intra_op_threads=rt.intra_op_threads,
+        parallel_runs=runs,
+        intra_op_threads=intra,
         inter_op_threads=rt.inter_op_threads,
         device_id=rt.device_id,
         tensorrt_cache_dir=rt.tensorrt_cache_dir,
@@ -62,6 +66,7 @@ class LineInspect:
     feed: VerdictFeed = field(default_factory=VerdictFeed)  # the last verdicts, for the UI
     line: Line | None = None
     started: bool = False
+    parallel_runs: int = 1  # concurrent inferences per model, resolved from the runtime settings
     _model_configs: dict[str, ModelConfig] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _watchdog: threading.Thread | None = None
@@ -122,6 +127,12 @@ class LineInspect:
 
     def _start_models(self) -> None:
         options = runtime_options(self.settings)
+        self.parallel_runs = options.parallel_runs
+        log.info(
+            "inference: %d run(s) at once per model, %s intra-op thread(s) each",
+            options.parallel_runs,
+            options.intra_op_threads or "ONNX Runtime's default",
+        )
         for cfg in self.settings.models:
             model = self._load(cfg, options)
             name = model.spec.name
@@ -133,7 +144,10 @@ class LineInspect:
             self._register_metrics(model)
         batch = self.settings.api.batch
         for name, model in self.models.items():
-            batcher = MicroBatcher(model, self.metrics, batch.max_size, batch.max_wait_ms / 1000)
+            batcher = MicroBatcher(
+                model, self.metrics, batch.max_size, batch.max_wait_ms / 1000,
+                workers=self.parallel_runs,
+            )  # fmt: skip
             batcher.start()
             self.batchers[name] = batcher
 
@@ -211,7 +225,7 @@ class LineInspect:
             s.line.name, prefix, routes, self.outbox, self.review, m, drift=self.drift,
             on_verdict=self.feed.add,
             max_batch=s.line.max_batch, max_wait_s=s.line.max_wait_ms / 1000,
-            preprocess_threads=s.line.preprocess_threads,
+            preprocess_threads=s.line.preprocess_threads, inference_workers=self.parallel_runs,
         )  # fmt: skip
         self.line.start()
         for cam, buffer in pending:

@@ -1,8 +1,9 @@
 """Micro-batching: concurrent requests for one model share a `session.run`.
 
-A worker thread per model takes the first waiting job and waits up to `max_wait` for more, but
-only while more requests are known to be on their way (announced, still decoding). A lone
-request therefore never waits, and a burst of 16 clients is served in a few batches.
+A worker thread takes the first waiting job and waits up to `max_wait` for more, but only while
+more requests are known to be on their way (announced, still decoding). A lone request therefore
+never waits, and a burst of 16 clients is served in a few batches. A model has `workers` such
+threads (`runtime.parallel_runs`), so on a CPU several batches run at once, one per core.
 
 The queue is bounded; when it is full the newest request is refused (policy `reject_newest`)
 and the caller answers 503, counted in `lineinspect_rejected_inputs_total{reason="overloaded"}`.
@@ -51,6 +52,7 @@ class MicroBatcher:
         max_size: int = 8,
         max_wait_s: float = 0.002,
         queue_size: int = 256,
+        workers: int = 1,
     ) -> None:
         self.model = model
         self.metrics = metrics
@@ -68,25 +70,34 @@ class MicroBatcher:
         self._admission_waiting = 0
         self._arriving = 0
         self._lock = threading.Lock()
-        self._thread = threading.Thread(
-            target=self._loop, name=f"batcher-{model.spec.name}", daemon=True
-        )
+        self._stopping = False
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"batcher-{model.spec.name}-{i}", daemon=True)
+            for i in range(max(1, workers))
+        ]
         name = model.spec.name
         self._infer_hist = metrics.inference_duration.labels(name)
         self._batch_hist = metrics.batch_size.labels(name)
 
     def start(self) -> None:
-        self._thread.start()
+        for t in self._threads:
+            t.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Finish the jobs already queued, then stop the worker."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join(timeout)
+        """Refuse new jobs, finish the ones already queued, then stop the workers."""
+        with self._lock:
+            self._stopping = True
+        for _ in self._threads:  # wake-ups; a worker leaves once the queue is empty
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(None)
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            if t.is_alive():
+                t.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive()
+        return not self._stopping and any(t.is_alive() for t in self._threads)
 
     @contextlib.asynccontextmanager
     async def admitted(self) -> AsyncIterator[None]:
@@ -124,17 +135,17 @@ class MicroBatcher:
     ) -> Future[Result]:
         future: Future[Result] = Future()
         job = _Job(tensor, geometry, times, future, model or self.model)
-        with self._lock:
+        with self._lock:  # one lock with stop(): every job queued before it is answered
             self._arriving -= 1
-        if not self._thread.is_alive():  # stopping: nobody would ever answer this job
-            raise OverloadedError("the batcher is stopped")
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise OverloadedError(f"{self._queue.maxsize} requests already waiting") from None
+            if self._stopping or not any(t.is_alive() for t in self._threads):
+                raise OverloadedError("the batcher is stopped")
+            try:
+                self._queue.put_nowait(job)
+            except queue.Full:
+                raise OverloadedError(f"{self._queue.maxsize} requests already waiting") from None
         return future
 
-    def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
+    def _collect(self, first: _Job) -> list[_Job]:
         jobs = [first]
         deadline = time.perf_counter() + self.max_wait_s
         while len(jobs) < self.max_size:
@@ -148,27 +159,21 @@ class MicroBatcher:
                     job = self._queue.get(timeout=min(remaining, 0.0005))
                 except queue.Empty:
                     continue
-            if job is None:
-                return jobs, True
+            if job is None:  # a stop wake-up: run what we have
+                break
             jobs.append(job)
-        return jobs, False
+        return jobs
 
     def _loop(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                break
-            jobs, stopping = self._collect(first)
-            self._run(jobs)
-        # Drain whatever arrived after the stop marker so no caller waits forever.
         while True:
             try:
-                job = self._queue.get_nowait()
+                first = self._queue.get(timeout=0.1)
             except queue.Empty:
-                break
-            if job is not None:
-                self._run([job])
+                if self._stopping:  # stopping and nothing left: every queued job was answered
+                    return
+                continue
+            if first is not None:
+                self._run(self._collect(first))
 
     def _run(self, jobs: list[_Job]) -> None:
         # Jobs preprocessed for different models (a hot reload in between) run separately.

@@ -1,11 +1,13 @@
 """The line: camera buffers -> inference (batched across cameras) -> decision -> publishing.
 
 Stages overlap in their own threads with bounded queues between them, so the model never waits
-on I/O: one inference thread per model pulls frames from every camera that uses it (round robin,
-up to `max_batch`), preprocesses them in a small pool, runs one `session.run`, and hands the
-results to the publisher thread, which stamps per-camera sequence numbers, writes each verdict
-to the durable outbox and feeds the review queue. The handoff queue blocks rather than drops:
-once a frame is inferred its verdict is never thrown away.
+on I/O. A model's inference workers (one per core on a CPU: `runtime.parallel_runs`) each pull
+frames from every camera that uses it (round robin, up to `max_batch`), preprocess them in a
+small pool and run one `session.run`; they hand their results over in the order the batches
+were taken, so each camera's verdicts keep their frame order. The publisher thread stamps
+per-camera sequence numbers, writes each verdict to the durable outbox and feeds the review
+queue. The handoff queue blocks rather than drops: once a frame is inferred its verdict is
+never thrown away.
 
 A frame that fails anywhere still gets a verdict (UNCERTAIN, `error` set), logged with its
 camera and frame id and counted in `lineinspect_pipeline_errors_total{stage}`: a PLC waiting
@@ -14,6 +16,7 @@ for a part must get an answer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -21,7 +24,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -64,6 +67,34 @@ class Route:
     slot: ModelSlot
     buffers: list[FrameBuffer]
     ready: threading.Event
+
+
+class Turns:
+    """Batch tickets: workers take one as they collect a batch and hand their results over in
+    ticket order, whichever finishes first. A camera's verdicts keep their frame order."""
+
+    def __init__(self) -> None:
+        self.collecting = threading.Lock()  # held while taking frames and a ticket
+        self._cond = threading.Condition()
+        self._issued = 0
+        self._serving = 0
+
+    def take(self) -> int:
+        """The next ticket; call with `collecting` held."""
+        ticket, self._issued = self._issued, self._issued + 1
+        return ticket
+
+    @contextlib.contextmanager
+    def turn(self, ticket: int) -> Iterator[None]:
+        """Waits for the tickets before this one to be handed over, then lets the next go."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._serving == ticket)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._serving += 1
+                self._cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -145,6 +176,7 @@ class Line:
         publish_queue: int = 32,  # each item holds its frame (for review): keep memory bounded
         on_verdict: Callable[[dict[str, Any]], None] | None = None,
         drift: DriftSink | None = None,
+        inference_workers: int = 1,  # per model: concurrent session.run calls
     ) -> None:
         self.line, self.prefix = topic_segment(line), prefix.strip("/")
         self.routes, self.outbox, self.review, self.metrics = routes, outbox, review, metrics
@@ -156,11 +188,13 @@ class Line:
         self._stopped_at: float | None = None
         self._on_verdict = on_verdict or (lambda payload: None)
         self._sequences: dict[str, int] = {}
+        self._turns = {name: Turns() for name in routes}
         self._workers = [
             threading.Thread(
-                target=self._infer_loop, args=(name,), name=f"infer-{name}", daemon=True
+                target=self._infer_loop, args=(name,), name=f"infer-{name}-{i}", daemon=True
             )
             for name in routes
+            for i in range(max(1, inference_workers))
         ]
         self._publisher = threading.Thread(target=self._publish_loop, name="publisher", daemon=True)
         self.last_verdict: dict[str, dict[str, Any]] = {}  # per camera, for health and the UI
@@ -215,10 +249,12 @@ class Line:
         return frames
 
     def _infer_loop(self, name: str) -> None:
-        route = self.routes[name]
+        route, turns = self.routes[name], self._turns[name]
         slot, buffers, ready = route.slot, route.buffers, route.ready
         while True:
-            frames = self._collect(buffers, slot.model.max_batch)
+            with turns.collecting:
+                frames = self._collect(buffers, slot.model.max_batch)
+                ticket = turns.take() if frames else -1
             if not frames:
                 if self._stop.is_set():
                     return
@@ -226,8 +262,13 @@ class Line:
                 ready.clear()
                 continue
             model = slot.model  # one model for the whole batch, even during a hot swap
-            for outcome in self._infer(model, frames):
-                self._handoff.put(outcome)  # blocks when the publisher lags: never drops
+            outcomes: list[Outcome] = []
+            try:
+                outcomes = self._infer(model, frames)
+            finally:  # the ticket is handed in even if this batch failed, or the others wait
+                with turns.turn(ticket):
+                    for outcome in outcomes:
+                        self._handoff.put(outcome)  # blocks when the publisher lags: never drops
 
     def _infer(self, model: Model, frames: list[Frame]) -> list[Outcome]:
         t0 = time.perf_counter()

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from service.frames import BufferPolicy, Frame, FrameBuffer
+from service.inference.runtime import parallelism
 from service.outbox import Outbox
-from service.pipeline import Outcome, topic_segment, verdict_payload
+from service.pipeline import Outcome, Turns, topic_segment, verdict_payload
 from service.sinks.review import HourlyBudget
 
 
@@ -117,3 +118,56 @@ def test_error_verdict_payload_is_versioned_and_uncertain() -> None:
         and body["reason"] == "inference failed: boom"
     )
     assert 5 <= body["latency_ms"] < 1000
+
+
+def test_turns_hand_over_in_ticket_order_whoever_finishes_first() -> None:
+    turns = Turns()
+    with turns.collecting:
+        tickets = [turns.take() for _ in range(5)]
+    handed: list[int] = []
+
+    def worker(ticket: int, delay: float) -> None:
+        time.sleep(delay)  # later tickets finish first
+        with turns.turn(ticket):
+            handed.append(ticket)
+
+    threads = [threading.Thread(target=worker, args=(t, 0.05 * (5 - t))) for t in reversed(tickets)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert handed == [0, 1, 2, 3, 4]
+
+
+def test_a_failed_batch_still_hands_in_its_ticket() -> None:
+    turns = Turns()
+    first, second = turns.take(), turns.take()
+    with pytest.raises(RuntimeError), turns.turn(first):
+        raise RuntimeError("inference failed")
+    done = threading.Event()
+
+    def next_one() -> None:
+        with turns.turn(second):
+            done.set()
+
+    threading.Thread(target=next_one).start()
+    assert done.wait(2), "the ticket after a failed batch must not wait forever"
+
+
+@pytest.mark.parametrize(
+    ("runs", "intra", "on_cpu", "cores", "expected"),
+    [
+        (0, 0, True, 2, (2, 1)),  # auto on the CI box: two single-threaded runs
+        (0, 0, True, 1, (1, 1)),
+        (0, 0, True, 16, (4, 4)),  # at most 4 runs, the cores shared between them
+        (0, 0, True, 6, (4, 1)),
+        (1, 0, True, 8, (1, 8)),  # one run: all cores inside it (lowest single-image latency)
+        (2, 3, True, 8, (2, 3)),  # explicit values are kept
+        (0, 0, False, 16, (1, 0)),  # GPU: one run, ONNX Runtime's default threads
+        (3, 2, False, 16, (3, 2)),
+    ],
+)
+def test_parallelism(
+    runs: int, intra: int, on_cpu: bool, cores: int, expected: tuple[int, int]
+) -> None:
+    assert parallelism(runs, intra, on_cpu, cores) == expected
