@@ -8,9 +8,11 @@ Paths, each measured in its own process so that CPU seconds and peak RSS belong 
 - raw: a plain `InferenceSession` with ONNX Runtime's default options, batch 1, fed frames of
   the clip decoded and preprocessed beforehand (in chunks of 16, outside the timed region) with
   lineinspect's own preprocessing (the rect letterbox for a dynamic-size detector: 1280x720 ->
-  640x384). The limit no service can beat at batch 1. `raw b8` is the same session fed batches
-  of 8: what batching alone buys on this CPU; `raw b1 square` the full-square letterbox
-  lineinspect fed before the rect letterbox (references, not peers).
+  640x384). The issue's "limit". References, not peers: `raw b8` (the same session fed
+  batches of 8: what batching alone buys on this CPU), `raw b1 square` (the full-square
+  letterbox lineinspect fed before the rect letterbox) and `raw Nx1 thread` (a session with
+  one intra-op thread, run by N threads at once, one per core: what lineinspect's parallel
+  runs do, without capture, decoding or publishing: the real limit of the line).
 - line: the clip played as a camera as fast as it goes (buffer policy `block`, nothing dropped)
   through capture (H.264 decode) -> preprocessing -> inference (batched) -> decision -> SQLite
   outbox -> a real mosquitto -> a real subscriber in this process, where verdicts are counted
@@ -40,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,7 @@ from load_predict import (  # noqa: E402
     start_server,
     stop_server,
     write_lua,
+    wrk_exe,
 )
 
 DATA = Path(os.environ.get("LINEINSPECT_DATA", ROOT.parent / "shared" / "data"))
@@ -106,6 +110,7 @@ def worker_raw(model_path: Path, source: Path, frames: int) -> dict[str, Any]:
 
     from service.inference.preprocess import preprocess
     from service.inference.registry import resolve
+    from service.inference.runtime import usable_cores
 
     la = load1()
     # One plain session with ONNX Runtime's defaults; lineinspect's preprocessing (the
@@ -117,10 +122,26 @@ def worker_raw(model_path: Path, source: Path, frames: int) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     # The tensors lineinspect feeds (the rect letterbox for a dynamic-size detector), batch 1
     # and 8; and, for reference, the full square that it fed before the rect letterbox.
-    variants = [("raw b1", served, 1), ("raw b8", served, 8)]
+    variants = [("raw b1", served, 1, session, 1), ("raw b8", served, 8, session, 1)]
     if served.stride:
-        variants.append(("raw b1 square", dataclasses.replace(served, stride=None), 1))
-    for label, spec, batch in variants:
+        square = dataclasses.replace(served, stride=None)
+        variants.append(("raw b1 square", square, 1, session, 1))
+    # What lineinspect does on a CPU (runtime.parallel_runs auto): one single-threaded run per
+    # core at once, batch 1. A reference for the technique, not the plain-session limit.
+    cores = usable_cores()
+    if cores > 1:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        single = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        variants.append((f"raw {cores}x1 thread", served, 1, single, cores))
+    for label, spec, batch, sess, threads in variants:
+        pool = ThreadPoolExecutor(threads)
+
+        def timed_run(x: np.ndarray, sess: Any = sess) -> float:
+            t1 = time.perf_counter()
+            sess.run(None, {name: x})
+            return (time.perf_counter() - t1) * 1000
+
         cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
         lat: list[float] = []
         wall = cpu = 0.0
@@ -137,16 +158,17 @@ def worker_raw(model_path: Path, source: Path, frames: int) -> dict[str, Any]:
             feeds = [np.stack(chunk[i : i + batch]) for i in range(0, len(chunk), batch)]
             if not warm:
                 for _ in range(3):
-                    session.run(None, {name: feeds[0]})
+                    sess.run(None, {name: feeds[0]})
                 warm = True
             c0, t0 = time.process_time(), time.perf_counter()
-            for x in feeds:
-                t1 = time.perf_counter()
-                session.run(None, {name: x})
-                lat.append((time.perf_counter() - t1) * 1000)
+            if threads == 1:
+                lat.extend(timed_run(x) for x in feeds)
+            else:
+                lat.extend(pool.map(timed_run, feeds))
             wall += time.perf_counter() - t0
             cpu += time.process_time() - c0
             done += len(chunk)
+        pool.shutdown()
         rows[label] = summary(done, wall, lat, cpu, proc_status_mb(os.getpid(), "VmHWM"), la)
     cap.release()
     return rows
@@ -439,6 +461,8 @@ def main() -> int:
     frames = args.frames or clip_frames
     paths = args.paths.split(",")
     clients = [int(c) for c in args.clients.split(",")]
+    if "http" in paths:
+        wrk_exe()  # fail now, not after the other paths have run
     print(f"clip {args.source.name}: {clip_frames} frames; {frames} frames per path; "
           f"load average {os.getloadavg()}")  # fmt: skip
     results: dict[str, Any] = {}

@@ -16,7 +16,6 @@ for a part must get an answer.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import queue
@@ -24,7 +23,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -70,31 +69,32 @@ class Route:
 
 
 class Turns:
-    """Batch tickets: workers take one as they collect a batch and hand their results over in
-    ticket order, whichever finishes first. A camera's verdicts keep their frame order."""
+    """Batch tickets: workers take one as they collect a batch, and results go to the publisher
+    in ticket order, whichever batch finishes first. A worker that finishes early leaves its
+    results here and goes back to work; the one that completes the next ticket forwards them.
+    A camera's verdicts keep their frame order."""
 
     def __init__(self) -> None:
         self.collecting = threading.Lock()  # held while taking frames and a ticket
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._issued = 0
-        self._serving = 0
+        self._next = 0
+        self._done: dict[int, list[Any]] = {}
 
     def take(self) -> int:
         """The next ticket; call with `collecting` held."""
         ticket, self._issued = self._issued, self._issued + 1
         return ticket
 
-    @contextlib.contextmanager
-    def turn(self, ticket: int) -> Iterator[None]:
-        """Waits for the tickets before this one to be handed over, then lets the next go."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._serving == ticket)
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._serving += 1
-                self._cond.notify_all()
+    def hand_over(self, ticket: int, items: list[Any], put: Callable[[Any], None]) -> None:
+        """Passes `items` and every finished batch after them, in ticket order, to `put`; a
+        ticket handed over with no items (a failed batch) still lets the next ones go."""
+        with self._lock:  # held while putting, so two finishers cannot interleave
+            self._done[ticket] = items
+            while self._next in self._done:
+                for item in self._done.pop(self._next):
+                    put(item)  # blocks when the publisher lags: backpressure, never a drop
+                self._next += 1
 
 
 @dataclass(frozen=True)
@@ -266,9 +266,7 @@ class Line:
             try:
                 outcomes = self._infer(model, frames)
             finally:  # the ticket is handed in even if this batch failed, or the others wait
-                with turns.turn(ticket):
-                    for outcome in outcomes:
-                        self._handoff.put(outcome)  # blocks when the publisher lags: never drops
+                turns.hand_over(ticket, outcomes, self._handoff.put)
 
     def _infer(self, model: Model, frames: list[Frame]) -> list[Outcome]:
         t0 = time.perf_counter()

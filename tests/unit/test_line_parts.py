@@ -125,33 +125,31 @@ def test_turns_hand_over_in_ticket_order_whoever_finishes_first() -> None:
     with turns.collecting:
         tickets = [turns.take() for _ in range(5)]
     handed: list[int] = []
+    returned: list[int] = []
 
     def worker(ticket: int, delay: float) -> None:
         time.sleep(delay)  # later tickets finish first
-        with turns.turn(ticket):
-            handed.append(ticket)
+        turns.hand_over(ticket, [ticket * 10, ticket * 10 + 1], handed.append)
+        returned.append(ticket)
 
     threads = [threading.Thread(target=worker, args=(t, 0.05 * (5 - t))) for t in reversed(tickets)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(5)
-    assert handed == [0, 1, 2, 3, 4]
+    assert handed == [0, 1, 10, 11, 20, 21, 30, 31, 40, 41]
+    # an early finisher does not wait for the others: it leaves its items and returns
+    assert returned == [4, 3, 2, 1, 0]
 
 
 def test_a_failed_batch_still_hands_in_its_ticket() -> None:
     turns = Turns()
     first, second = turns.take(), turns.take()
-    with pytest.raises(RuntimeError), turns.turn(first):
-        raise RuntimeError("inference failed")
-    done = threading.Event()
-
-    def next_one() -> None:
-        with turns.turn(second):
-            done.set()
-
-    threading.Thread(target=next_one).start()
-    assert done.wait(2), "the ticket after a failed batch must not wait forever"
+    handed: list[str] = []
+    turns.hand_over(second, ["b"], handed.append)
+    assert handed == []  # waits for the first ticket
+    turns.hand_over(first, [], handed.append)  # the first batch failed: no items
+    assert handed == ["b"]
 
 
 @pytest.mark.parametrize(
