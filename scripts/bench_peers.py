@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_line import Subscriber, pct, start_broker  # noqa: E402
 from load_predict import (  # noqa: E402
+    at_size,
     load1,
     measure_level,
     proc_status_mb,
@@ -251,10 +252,11 @@ def last_json(proc: subprocess.Popen[str]) -> dict[str, Any]:
 
 def run_line(
     model: Path, source: Path, frames: int, clip_frames: int, port: int, workdir: Path,
-    line_overrides: dict[str, Any], fps: float = 0,
+    line_overrides: dict[str, Any], fps: float = 0, runtime: dict[str, Any] | None = None,
 ) -> dict[str, float]:  # fmt: skip
     config = {
         "models": [{"path": str(model)}],
+        "runtime": runtime or {},
         "line": {"name": "bench"} | line_overrides,
         "cameras": [{
             "name": "cam", "source": f"file:{source}", "fps": fps, "loop": frames > clip_frames,
@@ -296,15 +298,17 @@ def run_line(
 
 
 def run_http(
-    model: Path, source: Path, clients: list[int], seconds: float, workdir: Path
-) -> dict[str, dict[str, float]]:
+    model: Path, source: Path, clients: list[int], seconds: float, workdir: Path,
+    runtime: dict[str, Any] | None = None,
+) -> dict[str, dict[str, float]]:  # fmt: skip
     image = read_frame(source, 100)  # a mid-clip frame
     _, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
     body = workdir / "frame.jpg"
     body.write_bytes(jpeg.tobytes())
     lua = write_lua(workdir)
     rows: dict[str, dict[str, float]] = {}
-    server, url = start_server(model)
+    env = {f"LINEINSPECT__RUNTIME__{k.upper()}": str(v) for k, v in (runtime or {}).items()}
+    server, url = start_server(model, env)
     try:
         for c in clients:
             r = measure_level(url, server.pid, body, c, seconds, lua)
@@ -319,27 +323,9 @@ def run_http(
     return rows
 
 
-def at_size(model: Path, size: int, folder: Path) -> Path:
-    """A copy of a dynamic-size detector whose metadata says `imgsz` = size (and no card), so
-    every path (lineinspect's resolver, Ultralytics) runs it at that size."""
-    import onnx
-
-    proto = onnx.load(str(model))
-    dims = proto.graph.input[0].type.tensor_type.shape.dim
-    if any(d.HasField("dim_value") for d in dims[2:]):
-        raise SystemExit(f"{model}: --sizes needs an ONNX with a dynamic height and width")
-    meta = {p.key: p for p in proto.metadata_props}
-    if "imgsz" not in meta:
-        meta["imgsz"] = proto.metadata_props.add(key="imgsz")
-    meta["imgsz"].value = f"[{size}, {size}]"
-    out = folder / f"{model.stem}-{size}.onnx"
-    onnx.save(proto, str(out))
-    return out
-
-
 def bench_model(
     model: Path, source: Path, frames: int, clip_frames: int, paths: list[str], http_s: float,
-    clients: list[int], line_overrides: dict[str, Any],
+    clients: list[int], line_overrides: dict[str, Any], runtime: dict[str, Any],
 ) -> dict[str, dict[str, float]]:  # fmt: skip
     import onnx
 
@@ -354,19 +340,21 @@ def bench_model(
             broker, port = start_broker(Path(tmp))
             try:
                 rows["line"] = run_line(
-                    model, source, frames, clip_frames, port, Path(tmp), line_overrides
-                )
+                    model, source, frames, clip_frames, port, Path(tmp), line_overrides,
+                    runtime=runtime,
+                )  # fmt: skip
                 # Latency without queueing: the clip paced at half what the line just sustained.
                 half = round(rows["line"]["fps"] / 2, 1)
                 n = min(frames, max(50, int(15 * half)))
                 rows["line @50% load"] = run_line(
-                    model, source, n, clip_frames, port, Path(tmp), line_overrides, fps=half
-                )
+                    model, source, n, clip_frames, port, Path(tmp), line_overrides, fps=half,
+                    runtime=runtime,
+                )  # fmt: skip
             finally:
                 broker.terminate()
                 broker.wait(10)
         if "http" in paths:
-            rows |= run_http(model, source, clients, http_s, Path(tmp))
+            rows |= run_http(model, source, clients, http_s, Path(tmp), runtime)
     if "ultralytics" in paths:
         rows |= last_json(child(["--worker", "ultralytics", *common, "--size", str(size)]))
     return rows
@@ -439,6 +427,12 @@ def main() -> int:
     p.add_argument(
         "--line", default="{}", help='JSON overrides of the line section, e.g. {"max_batch": 4}'
     )
+    p.add_argument(
+        "--runtime",
+        default="{}",
+        help="JSON overrides of the runtime section for the line and HTTP paths, e.g. "
+        '{"parallel_runs": 1, "intra_op_threads": 2} (latency first)',
+    )
     p.add_argument("--json", type=Path, help="also write the results here")
     # worker mode (internal)
     p.add_argument("--worker", choices=("raw", "line", "ultralytics"), help=argparse.SUPPRESS)
@@ -476,7 +470,7 @@ def main() -> int:
     for model in models:
         rows = bench_model(
             model, args.source, frames, clip_frames, paths, args.http_seconds, clients,
-            json.loads(args.line),
+            json.loads(args.line), json.loads(args.runtime),
         )  # fmt: skip
         print_table(model, rows)
         verdicts = targets(rows)

@@ -1,7 +1,8 @@
 """Load test of `POST /v1/predict` with a real HTTP load generator (wrk), level by level.
 
     python scripts/load_predict.py                                  # shipped detector, a NEU JPEG
-    python scripts/load_predict.py --model build/issue6/det-320.onnx --image frame.jpg \
+    python scripts/load_predict.py --size 640 --clip-frame 100 \
+        --image ../shared/data/video/checkweigher_conveyor_h264_1280x720.mp4 \
         --clients 1,4,16,64 --seconds 20 --json build/load_predict.json
 
 The server is a separate `python -m service serve` process on a free loopback port (uvicorn,
@@ -163,6 +164,38 @@ def measure_level(
     return r
 
 
+def at_size(model: Path, size: int, folder: Path) -> Path:
+    """A copy of a dynamic-size detector whose metadata says `imgsz` = size (and no card), so
+    every path (lineinspect's resolver, Ultralytics) runs it at that size."""
+    import onnx
+
+    proto = onnx.load(str(model))
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    if any(d.HasField("dim_value") for d in dims[2:]):
+        raise SystemExit(f"{model}: --sizes needs an ONNX with a dynamic height and width")
+    meta = {p.key: p for p in proto.metadata_props}
+    if "imgsz" not in meta:
+        meta["imgsz"] = proto.metadata_props.add(key="imgsz")
+    meta["imgsz"].value = f"[{size}, {size}]"
+    out = folder / f"{model.stem}-{size}.onnx"
+    onnx.save(proto, str(out))
+    return out
+
+
+def clip_frame_jpeg(video: Path, index: int, out: Path) -> Path:
+    """Frame `index` of a video, encoded as JPEG quality 90 (the body bench_peers.py sends)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(video))
+    for _ in range(index + 1):
+        ok, image = cap.read()
+        if not ok:
+            raise SystemExit(f"{video} has fewer than {index + 1} frames")
+    cap.release()
+    out.write_bytes(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+    return out
+
+
 def write_lua(folder: Path) -> Path:
     lua = folder / "post_jpeg.lua"
     lua.write_text(WRK_LUA)
@@ -177,12 +210,24 @@ def main() -> int:
     p.add_argument("--image", type=Path, default=DATA / "neu-det" / "IMAGES" / "scratches_1.jpg")
     p.add_argument("--clients", default="1,4,16,64", help="concurrency levels")
     p.add_argument("--seconds", type=float, default=20, help="measured seconds per level")
+    p.add_argument(
+        "--clip-frame",
+        type=int,
+        help="--image is a video: send its frame N as a JPEG (quality 90), as bench_peers.py",
+    )
+    p.add_argument(
+        "--size", type=int, help="run a dynamic-size detector at this input size (a copy)"
+    )
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
-    if args.image.suffix.lower() not in (".jpg", ".jpeg"):
-        raise SystemExit("--image must be a JPEG (the body is sent as image/jpeg)")
 
     with tempfile.TemporaryDirectory() as tmp:
+        if args.clip_frame is not None:
+            args.image = clip_frame_jpeg(args.image, args.clip_frame, Path(tmp) / "frame.jpg")
+        if args.image.suffix.lower() not in (".jpg", ".jpeg"):
+            raise SystemExit("--image must be a JPEG (the body is sent as image/jpeg)")
+        if args.size:
+            args.model = at_size(args.model, args.size, Path(tmp))
         lua = write_lua(Path(tmp))
         server, url = start_server(args.model)
         try:
@@ -201,8 +246,9 @@ def main() -> int:
             peak = proc_status_mb(pid, "VmHWM")
         finally:
             stop_server(server)
+        body_bytes = args.image.stat().st_size
 
-    print(f"model {args.model.name}, body {args.image.name} ({args.image.stat().st_size} bytes), "
+    print(f"model {args.model.name}, body {args.image.name} ({body_bytes} bytes), "
           f"{args.seconds:.0f} s per level, wrk -t1, server pid {pid}")  # fmt: skip
     print(f"{'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
           f"{'sock err':>8} {'CPU ms/req':>10} {'RSS MB':>7} {'load1':>6}")  # fmt: skip

@@ -37,10 +37,10 @@ class RuntimeSetupError(RuntimeError):
 
 
 # Auto parallelism on a CPU: up to this many runs at once, each with cores // runs threads.
-# One run per core beats one run over all cores: YOLOv8n at 320x192 on 2 cores, 2 concurrent
-# single-threaded runs 290 frames/s at 6.8 ms CPU per frame; one run on 2 threads 166-193
-# frames/s at 8.3-9.4 ms (180 at 10.8 ms with ORT's default spinning). More runs than this
-# would each hold their activations in the arena (~50 MB per 640-px image).
+# One run per core beats one run over all cores: YOLOv8n on 2 cores, two concurrent
+# single-threaded runs spend 7.1 ms of CPU per 320x192 frame and 27.2 ms per 384x640, one run on
+# both cores 8.5 and 38.7 ms (docs/BENCHMARKS.md, issue 6 round 2). More runs than this would
+# each hold their activations in the arena (~50 MB per 640-px image).
 MAX_AUTO_RUNS = 4
 
 
