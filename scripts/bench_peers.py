@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench_line import Subscriber, pct, start_broker  # noqa: E402
 from load_predict import (  # noqa: E402
     at_size,
+    clip_frame_jpeg,
     load1,
     measure_level,
     proc_status_mb,
@@ -68,16 +69,6 @@ from load_predict import (  # noqa: E402
 DATA = Path(os.environ.get("LINEINSPECT_DATA", ROOT.parent / "shared" / "data"))
 CLIP = DATA / "video" / "checkweigher_conveyor_h264_1280x720.mp4"
 ALL_PATHS = ("raw", "line", "http", "ultralytics")
-
-
-def read_frame(source: Path, index: int) -> np.ndarray:
-    cap = cv2.VideoCapture(str(source))
-    for _ in range(index + 1):
-        ok, image = cap.read()
-        if not ok:
-            raise SystemExit(f"{source} has fewer than {index + 1} frames")
-    cap.release()
-    return image
 
 
 def clip_length(source: Path) -> int:
@@ -301,10 +292,7 @@ def run_http(
     model: Path, source: Path, clients: list[int], seconds: float, workdir: Path,
     runtime: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, float]]:  # fmt: skip
-    image = read_frame(source, 100)  # a mid-clip frame
-    _, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    body = workdir / "frame.jpg"
-    body.write_bytes(jpeg.tobytes())
+    body = clip_frame_jpeg(source, 100, workdir / "frame.jpg")  # a mid-clip frame, JPEG q90
     lua = write_lua(workdir)
     rows: dict[str, dict[str, float]] = {}
     env = {f"LINEINSPECT__RUNTIME__{k.upper()}": str(v) for k, v in (runtime or {}).items()}
@@ -316,7 +304,7 @@ def run_http(
                 "frames": r["requests"], "fps": r["req_per_s"], "p50_ms": r["p50_ms"],
                 "p99_ms": r["p99_ms"], "cpu_s_per_frame": r["server_cpu_s_per_req"],
                 "peak_rss_mb": r["server_peak_rss_mb"], "load1": r["load1_before"],
-                "non2xx": r["non2xx"] + r["socket_errors"], "body_bytes": len(jpeg),
+                "non2xx": r["non2xx"] + r["socket_errors"], "body_bytes": body.stat().st_size,
             }  # fmt: skip
     finally:
         stop_server(server)
