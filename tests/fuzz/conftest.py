@@ -7,15 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.integration.conftest import REPO, die_with_parent, free_port
+from tests.integration.conftest import REPO, die_with_parent, free_port, wait_ready
 
 TOKEN = "fuzz-token-0123456789"
 
@@ -68,16 +66,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator
             preexec_fn=die_with_parent,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, f"server exited: {log.read_text()[-2000:]}"
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "server did not become ready"
-        time.sleep(0.1)
+    wait_ready(url, proc, lambda: log.read_text()[-2000:])
     yield Server(url, proc, log)
     proc.send_signal(signal.SIGTERM)
     try:

@@ -45,6 +45,22 @@ def sample(text: str, name: str, **labels: str) -> float:
     raise AssertionError(f"{name}{labels} is not exported")
 
 
+def wait_ready(
+    url: str, proc: subprocess.Popen[str], why: Callable[[], str], timeout: float = 60
+) -> None:
+    """Polls GET /readyz of a server subprocess until 200; fails with `why()` if it exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"server exited: {why()}"
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"server did not become ready in {timeout:.0f} s"
+        time.sleep(0.1)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

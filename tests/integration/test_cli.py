@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 
 from tests import onnx_factory
-from tests.integration.conftest import REPO, die_with_parent, free_port
+from tests.integration.conftest import REPO, die_with_parent, free_port, wait_ready
 
 CLI = [sys.executable, "-m", "service"]
 
@@ -103,16 +102,7 @@ def test_serve_answers_and_stops_cleanly(neu_images: list[Path]) -> None:
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "service did not become ready"
-            time.sleep(0.1)
+        wait_ready(url, proc, lambda: proc.stderr.read() if proc.stderr else "")
         r = httpx.post(
             f"{url}/v1/predict",
             content=neu_images[0].read_bytes(),
