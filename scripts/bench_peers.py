@@ -208,9 +208,9 @@ def worker_line(config: Path) -> dict[str, Any]:
     from service.config import load_settings
 
     service = LineInspect(load_settings(config, {}))
-    service._start_models()  # loading and warming the model is not part of the measurement
+    service.start_models()  # loading and warming the model is not part of the measurement
     c0 = time.process_time()
-    service._start_line()
+    service.start_line()
     service.started = True
     print("STARTED", flush=True)
     sys.stdin.readline()  # the parent's subscriber has every verdict

@@ -88,9 +88,9 @@ class LineInspect:
     def start(self) -> None:
         """Start every component in order; on any failure stop what started and re-raise."""
         try:
-            self._start_models()
+            self.start_models()
             if self.settings.cameras:
-                self._start_line()
+                self.start_line()
         except BaseException:
             self.stop()
             raise
@@ -125,7 +125,8 @@ class LineInspect:
         for name in self.models:
             self.metrics.model_ready.labels(name).set(0)
 
-    def _start_models(self) -> None:
+    def start_models(self) -> None:
+        """Phase 1 of `start`: load and warm every model, start its HTTP batcher."""
         options = runtime_options(self.settings)
         self.parallel_runs = options.parallel_runs
         log.info(
@@ -158,7 +159,9 @@ class LineInspect:
             model.set_policy(make_policy(model.spec, cfg.thresholds, model.policy.good_classes))
         return model
 
-    def _start_line(self) -> None:
+    def start_line(self) -> None:
+        """Phase 2 of `start` (after `start_models`): outbox, MQTT, review, drift, the line and
+        its cameras."""
         s, m = self.settings, self.metrics
         prefix, line_name = s.mqtt.topic_prefix.strip("/"), topic_segment(s.line.name)
         if s.mqtt.enabled:
