@@ -1,7 +1,7 @@
 """Train the NEU steel-surface defect detector that lineinspect serves, fully offline.
 
     python scripts/train_detector.py [--data PATH] [--out models/neu-det-demo.onnx]
-        [--model yolov8n.yaml] [--imgsz 224] [--epochs 60] [--seed 0]
+        [--model yolov8n.yaml] [--imgsz 224] [--epochs 170] [--seed 0]
         [--backbone-epochs 0] [--quick]
 
 Reads NEU-DET (Pascal VOC boxes) with `training.dataset`, makes the shared seeded, stratified
@@ -45,7 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO_ROOT / "models" / "neu-det-demo.onnx")
     p.add_argument("--model", default="yolov8n.yaml", help="Ultralytics model YAML (no .pt)")
     p.add_argument("--imgsz", type=int, default=None, help="input size (default 224; quick: 64)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 60; quick: 2)")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="epochs (default 170, the shipped model; quick: 2)"
+    )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="split and training seed")
     p.add_argument(
@@ -64,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Ultralytics dataset + runs (git-ignored)",
     )
     p.add_argument("--quick", action="store_true", help="CI-sized run: every step, tiny data")
-    p.add_argument("--version", default="0.1.0", help="model version written into the card")
+    p.add_argument("--version", default="0.2.0", help="model version written into the card")
     return p.parse_args(argv)
 
 
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from training.dataset import export_yolo, find_duplicates, load_dataset, split_dataset
 
     imgsz = args.imgsz or (64 if args.quick else 224)
-    epochs = args.epochs or (2 if args.quick else 60)
+    epochs = args.epochs or (2 if args.quick else 170)
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
 

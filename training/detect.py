@@ -82,7 +82,7 @@ class TrainConfig:
 
     model: str = DEFAULT_MODEL  # an Ultralytics model YAML, never a .pt hub name
     imgsz: int = 224  # NEU is 200x200: 224 is the nearest stride-32 multiple above it
-    epochs: int = 60
+    epochs: int = 170
     batch: int = 16
     seed: int = 0
     patience: int = 0  # 0: no early stop (short schedules are still improving at the end)
