@@ -194,9 +194,13 @@ class MqttLink:
         if not batch:
             self.outbox.wait(0.05)
             return
+        in_flight = {row for _, row in self._inflight}
         for msg in batch:
             if not self.connected.is_set():
                 break
+            if msg.id in in_flight:  # after a rewind (see _collect_acks): already on its way
+                self._cursor = max(self._cursor, msg.id)
+                continue
             info = self._client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
             if msg.qos == 0:
                 self.outbox.ack([msg.id])
@@ -207,12 +211,27 @@ class MqttLink:
     def _collect_acks(self) -> None:
         if not self._inflight:
             return
-        done = [row for info, row in self._inflight if info.is_published()]
+        done: list[int] = []
+        failed: list[int] = []
+        for info, row in self._inflight:
+            try:
+                if info.is_published():
+                    done.append(row)
+            except (RuntimeError, ValueError):
+                # paho raises here for a message whose publish failed (the connection dropped
+                # under it), forever: left in flight it would stop the drain for good.
+                failed.append(row)
+        if not done and not failed:
+            return
+        finished = set(done) | set(failed)
+        self._inflight = deque((i, r) for i, r in self._inflight if r not in finished)
         if done:
-            finished = set(done)
-            self._inflight = deque((i, r) for i, r in self._inflight if r not in finished)
             self.outbox.ack(done)
             self._on_sent(len(done))
+        if failed:  # still in the outbox: publish them again (at least once, never lost)
+            self._cursor = min(self._cursor, min(failed) - 1)
+            log.warning("mqtt: %d message(s) not sent (connection lost while publishing); "
+                        "sending them again from the outbox", len(failed))  # fmt: skip
 
 
 class NullLink:

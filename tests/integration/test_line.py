@@ -3,6 +3,7 @@ real subscriber standing in for the PLC."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -470,3 +471,40 @@ def test_mqtt_over_tls(serve: Serve, tmp_path: Path, neu_images: list[Path]) -> 
         assert acked and float(acked.group(1)) >= 5, "the TLS broker acknowledged every verdict"
     finally:
         b.stop()
+
+
+def test_a_publish_lost_under_a_dropping_connection_is_sent_again(
+    broker: Broker, plc: Plc, tmp_path: Path
+) -> None:
+    """When the connection drops inside `publish()`, paho returns a message info whose
+    `is_published()` raises for ever after. The drain must not stall on it: the message is
+    still in the outbox, so it is published again and everything behind it follows."""
+    import paho.mqtt.client as mqtt
+
+    from service.outbox import Outbox
+    from service.sinks.mqtt import MqttLink, MqttOptions
+
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    topic = "lineinspect/line-1/cam1/verdict"
+    ids = [
+        outbox.append(topic, json.dumps({"camera": "cam1", "sequence": s}).encode())
+        for s in (1, 2, 3)
+    ]
+    link = MqttLink(MqttOptions(port=broker.port, client_id="li-lost-publish"), outbox)
+    lost = mqtt.MQTTMessageInfo(1)
+    lost.rc = mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN  # what publish() returns in that race
+    with pytest.raises(RuntimeError):
+        lost.is_published()
+    link._inflight.append((lost, ids[0]))  # sequence 1 "was published" as the link went down
+    link._cursor = ids[0]
+    link.start()
+    try:
+        got = plc.wait_for(3, 20, "cam1")
+        assert sorted({v["sequence"] for v in got}) == [1, 2, 3], got
+        deadline = time.monotonic() + 10
+        while outbox.depth()[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert outbox.depth()[0] == 0, "every message acknowledged and removed"
+    finally:
+        link.stop(1.0)
+        outbox.close()
