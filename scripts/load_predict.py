@@ -172,7 +172,7 @@ def at_size(model: Path, size: int, folder: Path) -> Path:
     proto = onnx.load(str(model))
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     if any(d.HasField("dim_value") for d in dims[2:]):
-        raise SystemExit(f"{model}: --sizes needs an ONNX with a dynamic height and width")
+        raise SystemExit(f"{model}: --size(s) needs an ONNX with a dynamic height and width")
     meta = {p.key: p for p in proto.metadata_props}
     if "imgsz" not in meta:
         meta["imgsz"] = proto.metadata_props.add(key="imgsz")
