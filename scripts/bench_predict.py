@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -31,6 +29,9 @@ sys.path.insert(0, str(ROOT))
 from service.imageio import decode_image  # noqa: E402
 from service.inference.model import load_model  # noqa: E402
 from service.inference.runtime import RuntimeOptions, import_onnxruntime  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from load_predict import start_server, stop_server  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -56,33 +57,6 @@ def row(name: str, lat: list[float], wall: float, count: int) -> dict[str, float
         "mean_ms": statistics.fmean(lat) * 1000,
         "throughput_per_s": count / wall,
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(model: Path, port: int) -> subprocess.Popen[bytes]:
-    env = os.environ | {
-        "LINEINSPECT__MODELS__0__PATH": str(model),
-        "LINEINSPECT__API__PORT": str(port),
-        "LINEINSPECT__LOGGING__LEVEL": "WARNING",
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=env, cwd=ROOT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit("the server exited during start-up")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the server did not become ready")
 
 
 def http_load(url: str, data: bytes, clients: int, total: int) -> tuple[list[float], float]:
@@ -151,15 +125,13 @@ def main() -> int:
         row("in-process decode + predict (JPEG bytes)", lat, time.perf_counter() - t0, args.n)
     )
 
-    port = free_port()
-    server = start_server(args.model, port)
+    server, url = start_server(args.model)
     try:
         for clients in (int(c) for c in args.clients.split(",")):
-            lat, wall = http_load(f"http://127.0.0.1:{port}", data, clients, args.n)
+            lat, wall = http_load(url, data, clients, args.n)
             rows.append(row(f"HTTP POST /v1/predict, {clients} client(s)", lat, wall, len(lat)))
     finally:
-        server.terminate()
-        server.wait(30)
+        stop_server(server)
 
     base = rows[0]
     h, w = image.shape[:2]
