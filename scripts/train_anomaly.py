@@ -135,7 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="store the bank as float32 (default float16: half the file)",
     )
     p.add_argument(
-        "--good-class", default="MT_Free", help="folder of good parts (default %(default)s)"
+        "--good-class",
+        default="auto",
+        help="folder of good parts (default auto: the one folder named like good, ok, normal, "
+        "defect-free or *_free, such as MT_Free; MVTec AD layouts use train/good + test/good)",
     )
     p.add_argument(
         "--calib-per-class",

@@ -42,6 +42,12 @@ def default_data() -> Path:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=default_data(), help="NEU-DET folder (VOC boxes)")
+    p.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "voc", "yolo", "masks"],
+        help="label layout (auto: VOC XML, images/ + labels/ for YOLO, or image + PNG mask pairs)",
+    )
     p.add_argument("--out", type=Path, default=REPO_ROOT / "models" / "neu-det-demo.onnx")
     p.add_argument("--model", default="yolov8n.yaml", help="Ultralytics model YAML (no .pt)")
     p.add_argument("--imgsz", type=int, default=None, help="input size (default 224; quick: 64)")
@@ -76,7 +82,13 @@ def say(message: str) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from training import detect
-    from training.dataset import export_yolo, find_duplicates, load_dataset, split_dataset
+    from training.dataset import (
+        DatasetError,
+        export_yolo,
+        find_duplicates,
+        load_dataset,
+        split_dataset,
+    )
 
     imgsz = args.imgsz or (64 if args.quick else 224)
     epochs = args.epochs or (2 if args.quick else 170)
@@ -85,7 +97,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     say(f"reading {args.data}")
-    dataset = load_dataset(args.data, "voc")
+    dataset = load_dataset(args.data, args.format)
+    n_boxes = sum(len(s.boxes) for s in dataset.samples)
+    if not n_boxes:
+        raise DatasetError(
+            f"{args.data} ({dataset.fmt}) has no boxes: a detector needs Pascal VOC XML, YOLO txt "
+            "or mask labels; class folders train a classifier (scripts/train_classifier.py)"
+        )
     groups = find_duplicates(dataset.samples)
     manifest = split_dataset(
         dataset, seed=args.seed, groups=groups["exact"] + groups["near"] + groups["bracket"]
@@ -119,6 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         threads=args.threads,
         close_mosaic=min(args.close_mosaic, epochs),
+        freeze=detect.default_freeze(args.model),
         backbone_weights=backbone.weights if backbone else None,
     )
 
@@ -141,7 +160,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     data_shown = os.path.relpath(args.data.resolve(), REPO_ROOT)
     summary = detect.training_summary(
-        result, manifest=manifest, data_root=data_shown, backbone=backbone
+        result,
+        manifest=manifest,
+        data_root=data_shown,
+        dataset=f"{args.data.resolve().name}: {len(dataset.samples)} images, {n_boxes} boxes "
+        f"({dataset.fmt} labels)",
+        backbone=backbone,
     )
     if args.quick:
         summary["quick"] = {"images_per_class": QUICK_PER_CLASS}

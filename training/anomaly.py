@@ -41,7 +41,7 @@ import time
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,7 @@ class AnomalyConfig:
     mask_padding: bool = False  # letterbox padding neither scores nor shows in the map
     fp16_bank: bool = True
     seed: int = 0
-    good_class: str = "MT_Free"
+    good_class: str = "auto"  # "auto": the one folder named like good, ok, normal, ..._free
     good_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     calib_per_class: int = 20
     target_miss: float = 0.05
@@ -176,21 +176,67 @@ def resolve_data_root(data: Path) -> Path:
     return data
 
 
-def discover(data: Path, good_class: str) -> dict[str, list[Path]]:
-    """Class name -> image paths; raises AnomalyDataError with a one-line reason."""
+GOOD_NAMES = ("good", "ok", "free", "normal", "pass", "defect_free", "no_defect", "nodefect")
+
+
+def _is_good_name(name: str) -> bool:
+    """`good`, `OK`, `MT_Free`, `defect-free`, `parts_good`...: a folder of good parts."""
+    low = name.lower().replace("-", "_")
+    return low in GOOD_NAMES or any(low.endswith(f"_{g}") for g in GOOD_NAMES)
+
+
+def _mvtec_classes(data: Path) -> dict[str, list[Path]] | None:
+    """MVTec AD layout (`train/good/`, `test/good/`, `test/<defect>/`, masks in
+    `ground_truth/`): good = train/good + test/good, one defect class per test folder.
+    The trainer makes its own split, so MVTec's train/test division is not kept."""
+    train_good, test = data / "train" / "good", data / "test"
+    if not (train_good.is_dir() and test.is_dir()):
+        return None
+    classes = {"good": _images_in(train_good)}
+    for d in sorted(p for p in test.iterdir() if p.is_dir()):
+        images = _images_in(d)
+        if d.name == "good":
+            classes["good"] += images
+        else:
+            classes[d.name] = images
+    return classes
+
+
+def discover(data: Path, good_class: str = "auto") -> tuple[dict[str, list[Path]], str]:
+    """(class name -> image paths, the good class); raises AnomalyDataError with a one-line
+    reason. Layouts: one folder per class (the good one named by `good_class`, or found by its
+    name when "auto": good, ok, normal, ..._free), or MVTec AD's train/ + test/ folders."""
     if not data.exists():
         raise AnomalyDataError(
             f"data folder {data} does not exist (set --data or LINEINSPECT_DATA)"
         )
     if not data.is_dir():
         raise AnomalyDataError(f"data path {data} is not a folder")
-    folders = sorted(d for d in data.iterdir() if d.is_dir())
-    if not folders:
-        raise AnomalyDataError(
-            f"data folder {data} is empty: expected one folder of good images ({good_class}/) "
-            "and one folder per defect class"
-        )
-    classes = {d.name: _images_in(d) for d in folders}
+    mvtec = _mvtec_classes(data)
+    if mvtec is not None:
+        classes = mvtec
+        good_class = "good" if good_class == "auto" else good_class
+    else:
+        folders = sorted(d for d in data.iterdir() if d.is_dir())
+        if not folders:
+            raise AnomalyDataError(
+                f"data folder {data} is empty: expected one folder of good images and one "
+                "folder per defect class"
+            )
+        classes = {d.name: _images_in(d) for d in folders}
+    if good_class == "auto":
+        named = [c for c in classes if _is_good_name(c)]
+        if not named:
+            raise AnomalyDataError(
+                f"no good-image folder in {data}: none is named like good, ok, normal or *_free "
+                f"(found: {', '.join(classes)}); pass --good-class"
+            )
+        if len(named) > 1:
+            raise AnomalyDataError(
+                f"several folders of {data} could hold the good parts ({', '.join(named)}); "
+                "pass --good-class"
+            )
+        good_class = named[0]
     if good_class not in classes:
         raise AnomalyDataError(
             f"no good-image folder {good_class}/ in {data} (found: {', '.join(classes)}); "
@@ -204,7 +250,7 @@ def discover(data: Path, good_class: str) -> dict[str, list[Path]]:
             f"no defect images in {data}: the threshold is calibrated on a few real defects per "
             "class (one folder per class)"
         )
-    return {good_class: classes[good_class], **defects}
+    return {good_class: classes[good_class], **defects}, good_class
 
 
 # Magnetic-tile file names: `exp<exposure>_num_<frame>`; the exposures of one tile have frame
@@ -964,7 +1010,8 @@ def fit(cfg: AnomalyConfig) -> Trained:
     torch.set_num_threads(max(1, cfg.threads))
     cpu0, wall0 = time.process_time(), time.perf_counter()
     root = resolve_data_root(Path(cfg.data))
-    classes = discover(root, cfg.good_class)
+    classes, good_class = discover(root, cfg.good_class)
+    cfg = replace(cfg, good_class=good_class)
     split = make_split(
         classes,
         root,

