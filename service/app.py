@@ -94,6 +94,10 @@ class LineInspect:
         except BaseException:
             self.stop()
             raise
+        if isinstance(self.link, NullLink):
+            # No broker link by design (HTTP only, or MQTT disabled): a gauge stuck at 0 would
+            # read as "broker down" on dashboards.
+            self.metrics.registry.unregister(self.metrics.mqtt_connected)
         self.started = True
 
     def stop(self) -> None:

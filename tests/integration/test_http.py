@@ -67,6 +67,15 @@ def test_predict_real_neu_images(serve: Serve, data_dir: Path, demo_model: Path)
     assert correct / len(images) >= 0.8, f"{correct}/{len(images)} correct"
 
 
+def test_no_mqtt_gauge_without_a_broker_link(serve: Serve) -> None:
+    """An HTTP-only service (no cameras) or one with MQTT disabled has no broker to be
+    connected to: the gauge is not exported, since a 0 would read as "broker down". A line with
+    a broker exports it (tests/integration/test_line.py)."""
+    assert "lineinspect_mqtt_connected" not in serve().client.get("/metrics").text
+    off = serve({"LINEINSPECT__MQTT__ENABLED": "false"})
+    assert "lineinspect_mqtt_connected" not in off.client.get("/metrics").text
+
+
 def test_multipart_png_bmp_give_the_same_answer(serve: Serve, neu_images: list[Path]) -> None:
     running = serve()
     data = neu_images[300].read_bytes()
