@@ -242,6 +242,7 @@ class DriftMonitor:
 
     def __init__(self, metrics: Metrics, settings: DriftConfig | None = None) -> None:
         self.metrics, self.settings = metrics, settings or DriftConfig()
+        metrics.drift_min_frames.set(self.settings.min_frames)  # the alert rules compare with it
         self._queue: queue.Queue[tuple[Frame, Result] | None] = queue.Queue(
             self.settings.queue_size
         )

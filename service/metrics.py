@@ -220,6 +220,11 @@ class Metrics:
             ["camera"],
             registry=r,
         )
+        self.drift_min_frames = Gauge(
+            "lineinspect_drift_min_frames",
+            "Frames a drift window needs before its PSI / KS are judged (drift.min_frames).",
+            registry=r,
+        )
         self.uncertain_ratio = Gauge(
             "lineinspect_uncertain_ratio",
             "Share of UNCERTAIN verdicts among the camera's recent frames (the drift window).",

@@ -159,6 +159,7 @@ def test_monitor_separates_darkened_frames_and_resets_on_a_new_model(
         metrics.registry.get_sample_value("lineinspect_drift_window_frames", {"camera": "dark"})
         == 120
     )
+    assert metrics.registry.get_sample_value("lineinspect_drift_min_frames") == 100
     # a hot reload to a model with another reference restarts the camera's window
     other = load_model(REPO / "models" / "neu-det-demo.onnx", RuntimeOptions(warmup_runs=0))
     monitor.register(other)
