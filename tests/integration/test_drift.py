@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 
+from scripts.drift_check import blur, darken, shadow
 from tests.integration.conftest import REPO, Broker, sample
 from tests.integration.test_line import Serve, folder_camera, line_config
 
@@ -27,17 +27,15 @@ def held_out(data_dir: Path) -> list[Path]:
     return paths
 
 
+TRANSFORMS = {"healthy": lambda image: image, "dark": darken, "shadow": shadow, "blur": blur}
+
+
 def write_frames(folder: Path, paths: list[Path], transform: str) -> Path:
+    """The camera's frames: the held-out images under one of scripts/drift_check.py's
+    conditions (the same transforms the documented drift figures were measured with)."""
     folder.mkdir()
     for i, path in enumerate(paths):
-        image = cv2.imread(str(path))
-        if transform == "dark":
-            image = cv2.convertScaleAbs(image, alpha=0.55)
-        elif transform == "shadow":
-            ramp = np.linspace(1.0, 0.35, image.shape[1], dtype=np.float32)[None, :, None]
-            image = np.clip(image * ramp, 0, 255).astype(np.uint8)
-        elif transform == "blur":
-            image = cv2.GaussianBlur(image, (0, 0), 2.0)
+        image = TRANSFORMS[transform](cv2.imread(str(path)))
         cv2.imwrite(str(folder / f"{i:05d}.png"), image)  # lossless: only the transform differs
     return folder
 
