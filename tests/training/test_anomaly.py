@@ -205,7 +205,9 @@ def test_discover_finds_the_good_folder_and_reads_mvtec_layouts(
     assert A.discover(two, "ok")[1] == "ok"
 
 
-def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_errors_are_one_line(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = ["--out", str(tmp_path / "m.onnx"), "--no-progress"]
     cases: dict[str, Path] = {}
     cases["does not exist"] = tmp_path / "missing"
@@ -225,6 +227,15 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
         assert _main(["--data", str(data), *out]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and expected in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+    tiles = str(data_dir / "magnetic-tile")
+    for backbone, expected in (
+        (tmp_path / "none.pt", "no such file"),
+        (bad / "MT_Free" / "broken.jpg", "not a detector checkpoint"),
+    ):
+        assert _main(["--data", tiles, *out, "--quick", "--backbone", str(backbone)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: backbone") and expected in err, err
         assert err.count("\n") == 1 and "Traceback" not in err, err
     assert _main(["--data", str(bad), *out, "--augment", "hx"]) == 2
     err = capsys.readouterr().err

@@ -217,6 +217,16 @@ def test_efflite0_starts_from_imagenet_and_keeps_its_early_blocks(quick_run: Pat
         assert gap(random_init, prefix) > 0.05, f"{prefix} is not the ImageNet weights"
     assert gap(imagenet, "blocks.15.") > 2e-3, "block 15 was not trained"
 
+    # The anomaly trainer can take this backbone instead of ImageNet's (`--backbone best.pt`).
+    from training import anomaly
+
+    net = anomaly.load_backbone(weights)
+    for ours_t, theirs in (
+        (net._blocks[15]._project_conv.weight, trained.blocks[15]._project_conv.weight),
+        (net._bn0.running_mean, trained.stem.bn.running_mean),
+    ):
+        assert torch.equal(ours_t, theirs.float())
+
 
 def test_cli_reports_bad_data_in_one_line(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
