@@ -50,7 +50,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, default=REPO_ROOT / "models" / "neu-det-demo.onnx")
     p.add_argument("--model", default="yolov8n.yaml", help="Ultralytics model YAML (no .pt)")
-    p.add_argument("--imgsz", type=int, default=None, help="input size (default 224; quick: 64)")
+    p.add_argument(
+        "--imgsz",
+        type=int,
+        default=None,
+        help="input size (default: the images' median long side rounded up to a multiple of 32, "
+        "within 224-640: 224 for NEU's 200 px; quick: 64)",
+    )
     p.add_argument(
         "--epochs", type=int, default=None, help="epochs (default 170, the shipped model; quick: 2)"
     )
@@ -90,7 +96,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         split_dataset,
     )
 
-    imgsz = args.imgsz or (64 if args.quick else 224)
     epochs = args.epochs or (2 if args.quick else 170)
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -104,6 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{args.data} ({dataset.fmt}) has no boxes: a detector needs Pascal VOC XML, YOLO txt "
             "or mask labels; class folders train a classifier (scripts/train_classifier.py)"
         )
+    imgsz = args.imgsz or (64 if args.quick else detect.default_imgsz(dataset.samples))
     groups = find_duplicates(dataset.samples)
     manifest = split_dataset(
         dataset, seed=args.seed, groups=groups["exact"] + groups["near"] + groups["bracket"]
@@ -116,6 +122,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     classes = detect.class_names(data_yaml)
 
     backbone = None
+    if args.backbone_epochs > 0 and detect.model_source(args.model) != args.model:
+        raise detect.DetectorError(
+            f"--backbone-epochs: {args.model} already starts from ImageNet weights"
+        )
     if args.backbone_epochs > 0:
         say(f"backbone: {detect.cls_yaml_for(args.model)}, {args.backbone_epochs} epochs")
         backbone = detect.pretrain_backbone(
@@ -137,7 +147,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         threads=args.threads,
         close_mosaic=min(args.close_mosaic, epochs),
-        freeze=detect.default_freeze(args.model),
         backbone_weights=backbone.weights if backbone else None,
     )
 

@@ -97,9 +97,9 @@ class TrainConfig:
     augment: dict[str, float] = field(default_factory=lambda: dict(STEEL_AUGMENT))
     backbone_weights: Path | None = None  # e.g. pretrain_backbone()'s output
     fraction: float = 1.0
-    # Layer-name prefixes kept frozen (Ultralytics' `freeze`, prefixed with "model."): the
-    # pretrained backbone's early blocks. Empty for models trained from random weights.
-    freeze: tuple[str, ...] = ()
+    # Layer-name prefixes kept frozen (Ultralytics' `freeze`, prefixed with "model."); None:
+    # `default_freeze(model)`, the pretrained backbone's early blocks or nothing.
+    freeze: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.model.endswith((".pt", ".pth")):
@@ -107,6 +107,8 @@ class TrainConfig:
                 f"model {self.model!r}: pass a model YAML (e.g. yolov8n.yaml); .pt names make "
                 "Ultralytics download COCO weights, which this offline trainer never does"
             )
+        if self.freeze is None:
+            object.__setattr__(self, "freeze", default_freeze(self.model))
 
 
 @dataclass
@@ -204,6 +206,16 @@ def default_freeze(model: str) -> tuple[str, ...]:
     if model.removesuffix(".yaml") != EFFLITE0:
         return ()
     return ("0.stem", *(f"0.blocks.{i}" for i in range(5)))
+
+
+def default_imgsz(samples: Sequence[Any], lo: int = 224, hi: int = 640) -> int:
+    """The images' median long side rounded up to a stride multiple (32), within [lo, hi]:
+    native resolution where it is affordable (NEU's 200 px -> 224), 640 at most."""
+    sides = sorted(max(s.width, s.height) for s in samples)
+    if not sides:
+        return lo
+    median = sides[len(sides) // 2]
+    return int(min(hi, max(lo, -(-median // 32) * 32)))
 
 
 # -- data
@@ -731,7 +743,7 @@ def training_summary(
         "optimizer": cfg.optimizer,
         "warmup_epochs": cfg.warmup_epochs,
         "close_mosaic": cfg.close_mosaic,
-        "frozen_layers": list(cfg.freeze),
+        "frozen_layers": list(cfg.freeze or ()),
         "augmentation": dict(cfg.augment),
         "threads": cfg.threads or torch.get_num_threads(),
         "cpu_seconds": round(result.cpu_seconds + (backbone.cpu_seconds if backbone else 0.0), 1),

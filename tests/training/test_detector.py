@@ -103,6 +103,22 @@ def ultralytics_boxes(
     }
 
 
+@pytest.mark.parametrize(
+    ("sizes", "expected"),
+    [
+        ([(200, 200)] * 3, 224),  # NEU: native resolution, the next stride multiple
+        ([(1280, 720)] * 2, 640),  # large frames: capped
+        ([(300, 500), (100, 100), (330, 330)], 352),  # median long side 330 -> 352
+        ([(64, 48)], 224),  # tiny crops: at least 224
+    ],
+)
+def test_default_imgsz(sizes: list[tuple[int, int]], expected: int) -> None:
+    from types import SimpleNamespace
+
+    samples = [SimpleNamespace(width=w, height=h) for w, h in sizes]
+    assert detect.default_imgsz(samples) == expected
+
+
 # -- (a) CI-sized end-to-end run
 
 
