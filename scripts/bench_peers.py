@@ -450,11 +450,11 @@ def main() -> int:
     results: dict[str, Any] = {}
     sizes = [int(x) for x in args.sizes.split(",") if x]
     work = tempfile.TemporaryDirectory(prefix="bench_peers-")
-    models = [
-        at_size(Path(m), size, Path(work.name)) if size else Path(m)
-        for m in args.models.split(",")
-        for size in (sizes or [0])
-    ]
+    models = []
+    for i, m in enumerate(args.models.split(",")):
+        folder = Path(work.name) / f"model{i}"  # two models may share a file name
+        folder.mkdir()
+        models += [at_size(Path(m), size, folder) if size else Path(m) for size in sizes or [0]]
     for model in models:
         rows = bench_model(
             model, args.source, frames, clip_frames, paths, args.http_seconds, clients,

