@@ -1,4 +1,5 @@
-"""Evaluation report: PNG plots + Markdown and HTML pages a quality engineer can review."""
+"""The first report writer (training/classify.py uses it): Markdown lines in, report.md and
+report.html out. New reports build a `training.report.Report` instead."""
 
 from __future__ import annotations
 
@@ -6,80 +7,6 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
-from sklearn.metrics import precision_recall_curve
-
-
-def plot_confusion(
-    matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str
-) -> Path:
-    m = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(classes), 1.0 + 0.8 * len(classes)))
-    ax.imshow(m, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            ax.text(
-                j,
-                i,
-                str(m[i, j]),
-                ha="center",
-                va="center",
-                color="white" if m[i, j] > m.max() / 2 else "black",
-            )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_pr_curves(
-    y_true: Sequence[int], probs: np.ndarray, classes: Sequence[str], path: Path
-) -> Path:
-    y = np.asarray(y_true)
-    fig, ax = plt.subplots(figsize=(6, 5))
-    for i, name in enumerate(classes):
-        if (y == i).any():
-            precision, recall, _ = precision_recall_curve(y == i, probs[:, i])
-            ax.plot(recall, precision, label=name)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_xlim(0, 1.01)
-    ax.set_ylim(0, 1.01)
-    ax.set_title("precision-recall per class (test split)")
-    ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_score_histogram(
-    groups: dict[str, Sequence[float]], path: Path, title: str, threshold: float | None = None
-) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    bins = np.linspace(0, 1, 41)
-    for name, values in groups.items():
-        ax.hist(np.clip(values, 0, 1), bins=bins, alpha=0.6, label=f"{name} ({len(values)})")
-    if threshold is not None:
-        ax.axvline(threshold, color="red", linestyle="--", label=f"threshold {threshold:.2f}")
-    ax.set_xlabel("score")
-    ax.set_ylabel("images")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
@@ -129,7 +56,9 @@ def write_report(
 
 
 def _markdown_block_to_html(lines: Sequence[str]) -> str:
-    out, table, items = [], [], []
+    out: list[str] = []
+    table: list[str] = []
+    items: list[str] = []
 
     def flush() -> None:
         if table:
