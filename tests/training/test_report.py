@@ -142,11 +142,27 @@ def test_advise_balance(counts: dict[str, int], expected: str | None) -> None:
 RISING = [0.1 * i for i in range(10)]
 PLATEAU = [0.5, 0.7, 0.8, 0.81, 0.8, 0.79, 0.8, 0.78, 0.79, 0.78, 0.77, 0.78]
 LATE_BEST = [0.5] * 45 + [0.71, 0.72, 0.7, 0.69, 0.68]  # best at epoch 47 of 50, slope < 0
+# the shipped detector's val mAP50 over its last 30 of 170 epochs: a noisy plateau
+NOISY_PLATEAU = [0.69] * 140 + [
+    0.7075, 0.6849, 0.6939, 0.6897, 0.7071, 0.714, 0.7019, 0.6981, 0.7004, 0.6907, 0.6918,
+    0.7107, 0.7077, 0.7111, 0.7006, 0.6901, 0.7067, 0.709, 0.708, 0.7082, 0.6942, 0.6893, 0.701,
+    0.702, 0.7041, 0.7069, 0.7012, 0.7085, 0.7065, 0.7043,
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("curve", "fires"),
-    [(RISING, True), (PLATEAU, False), (LATE_BEST, True), ([0.8] * 20, False), ([0.1, 0.2], False)],
+    [
+        (RISING, True),
+        (PLATEAU, False),
+        (LATE_BEST, True),
+        (NOISY_PLATEAU, False),
+        ([*NOISY_PLATEAU[:-3], 0.7085, 0.7065, 0.7143], False),  # best last, by 0.0003 only
+        ([*NOISY_PLATEAU[:-3], 0.7085, 0.7065, 0.725], True),  # best last, by 0.011
+        ([0.8] * 20, False),
+        ([0.1, 0.2], False),
+        ([0.5] * 20 + [0.5, 0.51, 0.515, 0.52, 0.53], True),  # 0.007/epoch at the end
+    ],
 )
 def test_advise_epochs(curve: list[float], fires: bool) -> None:
     got = cr.advise_epochs(curve, "val mAP50")
@@ -433,6 +449,24 @@ def test_detector_report(tmp_path: Path) -> None:
     assert "| miss rate on critical defects | 0.0 % | < 5.0 % | PASS |" in (
         critical.markdown.read_text(encoding="utf-8")
     )
+
+
+def test_detector_report_without_served_boxes_does_not_measure_false_positives(
+    tmp_path: Path,
+) -> None:
+    """Ultralytics' precision curve is 1.0 where a class has no box; over no box at all the
+    false-positive rate is not measured (FAIL), not 0 % (PASS)."""
+    served = {"verdicts": {"pass": 4}, "miss_rate": 1.0, "confidences": {"crazing": [0.1]}}
+    written = report.write_detector_report(
+        tmp_path,
+        detector_metrics(["crazing", "scratch"]),
+        model_name="m",
+        thresholds={"default": 0.7, "band": 0.1},
+        served=served,
+    )
+    md = written.markdown.read_text(encoding="utf-8")
+    assert "| false-positive rate | not measured | < 10.0 % | FAIL |" in md
+    assert "| `crazing` | 0.900 | 0.450 | 0.800 | 0.700 | – | 0.300 |" in md
 
 
 def test_markdown_and_html_rendering(tmp_path: Path) -> None:

@@ -255,19 +255,34 @@ def advise_balance(counts: Mapping[str, int], max_ratio: float = BALANCE_MAX) ->
     )
 
 
+def tail_length(epochs: int, last_share: float = 0.1, window: int = 5) -> int:
+    """Epochs the "still rising" slope is fitted to: the last 10 % of them, at least 5."""
+    return max(window, math.ceil(last_share * epochs))
+
+
 def still_rising(
-    curve: Sequence[float], *, last_share: float = 0.1, window: int = 5
+    curve: Sequence[float],
+    *,
+    last_share: float = 0.1,
+    window: int = 5,
+    min_slope: float = 1e-3,
+    min_gain: float = 5e-3,
 ) -> tuple[bool, int, float]:
-    """(rising, best epoch 1-based, slope of the last `window` epochs). Rising: the best epoch is
-    within the last `last_share` of the epochs, or that slope is > 0. NaNs are dropped."""
+    """(rising, best epoch 1-based, slope over the last epochs); NaNs are dropped.
+
+    Rising: the best epoch is within the last `last_share` of the epochs and beats every
+    earlier epoch by more than `min_gain`, or the slope fitted to the last max(`window`,
+    `last_share` of the epochs) epochs is > `min_slope` per epoch. The margins keep a plateau's
+    noise (±0.01 from epoch to epoch on a 0-1 metric) from reading as progress."""
     v = np.asarray([x for x in curve if x is not None and not math.isnan(x)], dtype=np.float64)
     if len(v) < 3:
         return False, len(v), 0.0
     best = int(np.argmax(v))
-    tail = v[-min(window, len(v)) :]
+    tail = v[-min(tail_length(len(v), last_share, window), len(v)) :]
     slope = float(np.polyfit(np.arange(len(tail)), tail, 1)[0])
-    late = best >= len(v) - max(1, math.ceil(last_share * len(v)))
-    return late or slope > 0, best + 1, slope
+    start = len(v) - max(1, math.ceil(last_share * len(v)))
+    late = best >= start and float(v[best] - v[:start].max()) > min_gain
+    return late or slope > min_slope, best + 1, slope
 
 
 def advise_epochs(curve: Sequence[float], metric: str = "validation metric") -> str | None:
@@ -276,7 +291,7 @@ def advise_epochs(curve: Sequence[float], metric: str = "validation metric") -> 
         return None
     return (
         f"train more epochs: validation still rising ({metric} best at epoch {best} of "
-        f"{len(curve)}, last-5-epoch slope {slope:+.4f}/epoch)"
+        f"{len(curve)}, last-{tail_length(len(curve))}-epoch slope {slope:+.4f}/epoch)"
     )
 
 

@@ -173,8 +173,14 @@ def write_detector_report(
     thr = float(thresholds["default"])
     band = float(thresholds.get("band", 0.0))
 
+    # Boxes lineinspect serves at the threshold, per class: a precision over no box is vacuous
+    # (Ultralytics' curves say 1.0 there), so the false-positive rate is then "not measured".
+    confidences: Mapping[str, Sequence[float]] = (served or {}).get("confidences") or {}
+    boxes = {c: sum(1 for x in v if x >= thr) for c, v in confidences.items()}
     precision_at = _at(curves, "precision", thr)
     fp_rate = None if precision_at is None else round(1.0 - precision_at, 4)
+    if served is not None and not sum(boxes.values()):
+        fp_rate = None
 
     per_image: Sequence[Mapping[str, Any]] = (served or {}).get("per_image") or []
     rows, cols, matrix = served_confusion(per_image, names) if per_image else ([], [], [])
@@ -212,7 +218,8 @@ def write_detector_report(
         ap50,
         fp_rate,
         critical_miss,
-        fp_note="1 - box precision at the threshold",
+        fp_note="1 - box precision at the threshold"
+        + ("" if fp_rate is not None or served is None else "; no box served at it"),
         miss_note=f"defect images lineinspect passes ({crit_words})",
     )
     report.readiness_notes = [
@@ -231,7 +238,9 @@ def write_detector_report(
                 v.get("ap50_95"),
                 v.get("precision"),
                 v.get("recall"),
-                _at(curves, "class_precision", thr, i),
+                None
+                if served is not None and not boxes.get(c)
+                else _at(curves, "class_precision", thr, i),
                 _at(curves, "class_recall", thr, i),
                 percent(class_miss[c]) if class_miss.get(c) is not None else None,
                 (train_counts or {}).get(c),
@@ -293,7 +302,6 @@ def write_detector_report(
                 ylabel="labelled class",
             )
             served_blocks.append(Figure(path, "image-level confusion at the served threshold"))
-        confidences: Mapping[str, Sequence[float]] = served.get("confidences") or {}
         if any(len(v) for v in confidences.values()):
             lo, hi = max(0.0, thr - band), min(1.0, thr + band)
             path = plots.plot_score_histogram(
@@ -303,6 +311,7 @@ def write_detector_report(
                 thr,
                 band=(lo, hi),
                 xlabel="box confidence",
+                ylabel="boxes",
             )
             served_blocks.append(
                 Figure(path, "confidence of the served boxes per class; threshold and band drawn")

@@ -133,12 +133,13 @@ def plot_score_histogram(
     band: tuple[float, float] | None = None,
     value_range: tuple[float, float] | None = (0.0, 1.0),
     xlabel: str = "score",
+    ylabel: str = "images",
 ) -> Path:
     """Overlaid histograms of score groups; `value_range` None takes the range of the data."""
     fig, ax = plt.subplots(figsize=(6, 4))
     _histograms(ax, groups, value_range, threshold, band)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("images")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
