@@ -538,7 +538,17 @@ def _summarise(res: Any, data_yaml: Path, split: str, version: str) -> dict[str,
         "precision": round(float(box.mp), 4),
         "recall": round(float(box.mr), 4),
         "per_class": per_class,
-        "curves": {"conf": px, "f1": f1, "precision": pc, "recall": rc},
+        "curves": {
+            "conf": px,
+            "f1": f1,
+            "precision": pc,
+            "recall": rc,
+            # per class, rows in `per_class` order (the report's PR curves and @-threshold values)
+            "class_precision": np.asarray(box.p_curve, dtype=np.float64),
+            "class_recall": np.asarray(box.r_curve, dtype=np.float64),
+            "pr_recall": px,
+            "pr_precision": np.asarray(box.prec_values, dtype=np.float64),
+        },
         "validator": f"ultralytics {version} DetectionValidator (conf 0.001, IoU 0.7)",
     }
 
@@ -595,6 +605,7 @@ def served_pass(model: Model, images: Sequence[Path], batch: int = 16) -> dict[s
     stats: list[dict[str, float]] = []
     confidences: dict[str, list[float]] = defaultdict(list)
     verdicts: Counter[str] = Counter()
+    per_image: list[dict[str, Any]] = []
     for start in range(0, len(images), batch):
         chunk: list[np.ndarray] = []
         for path in images[start : start + batch]:
@@ -602,19 +613,26 @@ def served_pass(model: Model, images: Sequence[Path], batch: int = 16) -> dict[s
             if image is None:
                 raise DetectorError(f"cannot read image {path}")
             chunk.append(image)
-        for image, result in zip(chunk, model.predict(chunk), strict=True):
+        paths = images[start : start + batch]
+        for path, image, result in zip(paths, chunk, model.predict(chunk), strict=True):
             stats.append(cards.image_stats(image))
             dets = result.prediction.detections
             assert dets is not None
             for cid, conf in zip(dets.class_id.tolist(), dets.confidence.tolist(), strict=True):
                 confidences[model.policy.class_name(int(cid))].append(float(conf))
             verdicts[result.decision.verdict.value] += 1
+            drivers = result.decision.drivers
+            top = max(drivers, key=lambda f: f.confidence).class_name if drivers else None
+            per_image.append(
+                {"image": str(path), "verdict": result.decision.verdict.value, "top_class": top}
+            )
     n = max(len(images), 1)
     return {
         "stats": stats,
         "confidences": {c: confidences.get(c, []) for c in model.spec.classes},
         "verdicts": dict(verdicts),
         "miss_rate": round(verdicts.get(Verdict.PASS.value, 0) / n, 4),
+        "per_image": per_image,
     }
 
 
@@ -661,6 +679,7 @@ def write_detector_card(
     model = serve(onnx_path)
     val_run = served_pass(model, val_images)
     metrics: dict[str, Any] = {"val": _public(val_metrics)}
+    test_run = None
     if test_metrics is not None:
         test_run = served_pass(model, test_images) if test_images else None
         metrics["test"] = _public(test_metrics)
@@ -678,7 +697,36 @@ def write_detector_card(
     card = cards.write_card(
         onnx_path, **base, training=training, metrics=metrics, reference=reference
     )
+    write_report(onnx_path, classes, thresholds, training, test_metrics or val_metrics, test_run)
     return card.model_dump(mode="json")
+
+
+def write_report(
+    onnx_path: Path,
+    classes: Sequence[str],
+    thresholds: dict[str, Any],
+    training: dict[str, Any],
+    metrics: dict[str, Any],
+    served: dict[str, Any] | None,
+) -> Path:
+    """`<stem>-report/` beside the ONNX file: report.md + report.html + PNGs (training.report)."""
+    from training.report import write_detector_report, yolo_class_counts
+
+    onnx_path = Path(onnx_path)
+    images = [Path(i["image"]) for i in (served or {}).get("per_image", [])]
+    train_dir = images[0].parent.with_name("train") if images else None  # images/<split>/
+    written = write_detector_report(
+        onnx_path.with_name(onnx_path.stem + "-report"),
+        metrics,
+        model_name=onnx_path.stem,
+        thresholds=thresholds,
+        served=served,
+        epoch_log=training.get("epoch_log", []),
+        best_epoch=training.get("best_epoch"),
+        train_counts=yolo_class_counts(train_dir, classes) if train_dir else None,
+        classes=classes,
+    )
+    return written.markdown
 
 
 def _readiness(

@@ -183,6 +183,24 @@ def test_quick_run_trains_exports_and_is_served(quick_run: Path, neu_images: lis
     assert 0.0 <= card.metrics["test"]["map50"] <= 1.0
     assert card.reference["images"] > 0
 
+    report = quick_run.with_name(quick_run.stem + "-report")
+    for name in (
+        "report.md",
+        "report.html",
+        "ap_per_class.png",
+        "pr_curves.png",
+        "confusion_matrix.png",
+        "training_curves.png",
+    ):
+        assert (report / name).stat().st_size > 0, name
+    text = (report / "report.md").read_text(encoding="utf-8")
+    assert "## Production readiness: FAIL" in text  # 2 epochs at 64 px are not ready
+    for criterion in ("| mAP50 |", "| lowest class AP50 (", "| false-positive rate |"):
+        assert criterion in text, criterion
+    assert "| miss rate on critical defects |" in text and "## What to do next" in text
+    assert "label more `" in text  # 6 training images per class: far below a pilot's 200
+    assert '<td class="FAIL">FAIL</td>' in (report / "report.html").read_text(encoding="utf-8")
+
     model = load_model(quick_run)  # the card beside it is found and its sha256 checked
     assert model.spec.layout == "yolov8"
     assert model.spec.preprocess.size == tuple(card.input.size or ())
