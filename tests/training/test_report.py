@@ -467,6 +467,17 @@ def test_detector_report_without_served_boxes_does_not_measure_false_positives(
     md = written.markdown.read_text(encoding="utf-8")
     assert "| false-positive rate | not measured | < 10.0 % | FAIL |" in md
     assert "| `crazing` | 0.900 | 0.450 | 0.800 | 0.700 | – | 0.300 |" in md
+    # without the served confidences the curve's figure stands
+    written = report.write_detector_report(
+        tmp_path / "no-confidences",
+        detector_metrics(["crazing", "scratch"]),
+        model_name="m",
+        thresholds={"default": 0.7, "band": 0.1},
+        served={"miss_rate": 0.5},
+    )
+    md = written.markdown.read_text(encoding="utf-8")
+    assert "| false-positive rate | 15.0 % | < 10.0 % | FAIL |" in md
+    assert "| miss rate on critical defects | 50.0 % | < 5.0 % | FAIL |" in md
 
 
 def test_markdown_and_html_rendering(tmp_path: Path) -> None:

@@ -179,7 +179,7 @@ def write_detector_report(
     boxes = {c: sum(1 for x in v if x >= thr) for c, v in confidences.items()}
     precision_at = _at(curves, "precision", thr)
     fp_rate = None if precision_at is None else round(1.0 - precision_at, 4)
-    if served is not None and not sum(boxes.values()):
+    if confidences and not sum(boxes.values()):
         fp_rate = None
 
     per_image: Sequence[Mapping[str, Any]] = (served or {}).get("per_image") or []
@@ -219,7 +219,7 @@ def write_detector_report(
         fp_rate,
         critical_miss,
         fp_note="1 - box precision at the threshold"
-        + ("" if fp_rate is not None or served is None else "; no box served at it"),
+        + ("" if fp_rate is not None or not confidences else "; no box served at it"),
         miss_note=f"defect images lineinspect passes ({crit_words})",
     )
     report.readiness_notes = [
@@ -239,7 +239,7 @@ def write_detector_report(
                 v.get("precision"),
                 v.get("recall"),
                 None
-                if served is not None and not boxes.get(c)
+                if confidences and not boxes.get(c)
                 else _at(curves, "class_precision", thr, i),
                 _at(curves, "class_recall", thr, i),
                 percent(class_miss[c]) if class_miss.get(c) is not None else None,
