@@ -337,16 +337,133 @@ def _epoch_log(run_dir: Path) -> list[dict[str, float]]:
     return out
 
 
+def last_checkpoint(workdir: Path, name: str = "detect") -> Path:
+    """Where Ultralytics keeps the latest epoch of the run `name` in `workdir`."""
+    return Path(workdir).resolve() / name / "weights" / "last.pt"
+
+
+def resume_point(last: Path) -> tuple[int, dict[str, Any]]:
+    """(epochs done, training arguments) of an interrupted run's `last.pt`; a DetectorError
+    when there is nothing to resume (no file, or a finished run: Ultralytics strips its last.pt)."""
+    if not last.is_file():
+        raise DetectorError(
+            f"nothing to resume: {last} does not exist (give the interrupted run's --workdir, "
+            "and --quick if it was a quick run)"
+        )
+    ultralytics()  # unpickling the checkpoint needs Ultralytics' classes
+    import torch
+
+    from training import effdet
+
+    effdet.register()  # an efflite0 checkpoint names its backbone layer
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    args = dict(ckpt.get("train_args") or {})
+    done = int(ckpt.get("epoch", -1)) + 1
+    if ckpt.get("optimizer") is None or done <= 0 or done >= int(args.get("epochs") or 0):
+        raise DetectorError(
+            f"nothing to resume: the run in {last.parents[1]} finished; start a new run "
+            "without --resume (or with another --workdir)"
+        )
+    return done, args
+
+
+def config_from_train_args(args: dict[str, Any], threads: int) -> TrainConfig:
+    """The TrainConfig an interrupted run was started with, from its checkpoint's arguments
+    (a resumed run keeps them all: the card must describe what really trained)."""
+    model = str(args["model"])
+    from training import effdet
+
+    if Path(model).name == effdet.YAML.name:
+        model = EFFLITE0
+    pretrained = args.get("pretrained")
+    return TrainConfig(
+        model=model,
+        imgsz=int(args["imgsz"]),
+        epochs=int(args["epochs"]),
+        batch=int(args["batch"]),
+        seed=int(args["seed"]),
+        patience=0 if int(args["patience"]) > int(args["epochs"]) else int(args["patience"]),
+        warmup_epochs=float(args["warmup_epochs"]),
+        close_mosaic=int(args["close_mosaic"]),
+        optimizer=str(args["optimizer"]),
+        threads=threads,
+        augment={k: float(args[k]) for k in STEEL_AUGMENT},
+        backbone_weights=Path(pretrained) if isinstance(pretrained, str) else None,
+        fraction=float(args["fraction"]),
+        freeze=tuple(str(f) for f in args.get("freeze") or ()),
+    )
+
+
+def probe_step_seconds(
+    cfg: TrainConfig, classes: int, steps: int = 1, probe_batch: int = 8
+) -> tuple[float, float]:
+    """(CPU, wall) seconds of one real training step (forward, Ultralytics' detection loss,
+    backward, optimiser step) at `cfg`'s model, input size and batch: the run's cost before it
+    starts. Measured on random pixels with two boxes per image, after one warm-up step, on at
+    most `probe_batch` images and scaled to the batch (a full batch at 640 px takes many
+    seconds per step on a CPU)."""
+    ultralytics(cfg.threads)
+    import torch
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import DetectionModel
+
+    with quiet_third_party():
+        model = DetectionModel(model_source(cfg.model), nc=classes, verbose=False)
+    model.args = get_cfg()  # the loss reads its gains (box, cls, dfl) from here
+    frozen = tuple(f"model.{f}" for f in cfg.freeze or ())
+    for key, param in model.named_parameters():
+        param.requires_grad = not key.startswith(frozen)
+    model.train()
+    optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    b = max(2, min(cfg.batch, probe_batch))
+    n = 2 * b
+    batch = {
+        "img": torch.rand(b, 3, cfg.imgsz, cfg.imgsz),
+        "batch_idx": torch.arange(b).repeat_interleave(2).float(),
+        "cls": (torch.arange(n) % classes).float()[:, None],
+        "bboxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]]).repeat(n, 1),
+    }
+    best_cpu = best_wall = float("inf")
+    for i in range(steps + 1):
+        cpu, wall = time.process_time(), time.perf_counter()
+        optimiser.zero_grad()
+        loss, _ = model.loss(batch)
+        loss.sum().backward()
+        optimiser.step()
+        if i:  # the first step allocates and warms caches
+            best_cpu = min(best_cpu, time.process_time() - cpu)
+            best_wall = min(best_wall, time.perf_counter() - wall)
+    scale = cfg.batch / b
+    return best_cpu * scale, best_wall * scale
+
+
 def train(
     data_yaml: Path,
     cfg: TrainConfig,
     workdir: Path,
     name: str = "detect",
     on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
+    *,
+    resume: bool = False,
+    on_start: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
-    """Train a detector from `cfg.model` (a YAML) on `data_yaml`; returns the best weights."""
+    """Train a detector from `cfg.model` (a YAML) on `data_yaml`; returns the best weights.
+
+    `resume=True` continues the interrupted run `name` in `workdir` from its last.pt, with the
+    settings it was started with (Ultralytics' own resume). `on_start(first_epoch, epochs)`
+    is called when the first epoch starts (1-based), `on_epoch` after each epoch."""
     ul = ultralytics(cfg.threads)
-    model = ul.YOLO(model_source(cfg.model), task="detect")
+    if resume:
+        from training import effdet
+
+        effdet.register()  # Ultralytics rebuilds an efflite0 model from its YAML on resume
+        model = ul.YOLO(str(last_checkpoint(workdir, name)), task="detect")
+    else:
+        model = ul.YOLO(model_source(cfg.model), task="detect")
+    if on_start is not None:
+        model.add_callback(
+            "on_train_start", lambda trainer: on_start(trainer.start_epoch + 1, trainer.epochs)
+        )
     if on_epoch is not None:
         reported: set[int] = set()
 
@@ -360,8 +477,13 @@ def train(
 
         model.add_callback("on_fit_epoch_end", _report)
     t_cpu, t_wall = time.process_time(), time.perf_counter()
+    args = (
+        {"resume": True, "data": str(data_yaml)}
+        if resume
+        else _train_args(cfg, data_yaml, Path(workdir).resolve(), name)
+    )
     with quiet_third_party():
-        model.train(**_train_args(cfg, data_yaml, Path(workdir).resolve(), name))
+        model.train(**args)
     cpu, wall = time.process_time() - t_cpu, time.perf_counter() - t_wall
     trainer = model.trainer
     run_dir = Path(trainer.save_dir)
@@ -774,15 +896,17 @@ def training_summary(
     data_root: str,
     dataset: str,
     backbone: TrainResult | None = None,
+    command: str | None = None,
 ) -> dict[str, Any]:
-    """The card's `training` section; `dataset` describes the data in words."""
+    """The card's `training` section; `dataset` describes the data in words, `command` how the
+    run was started (default: this process's command line)."""
     import torch
 
     cfg = result.config
     summary: dict[str, Any] = {
-        "command": cards.command_line(),
+        "command": command or cards.command_line(),
         "requires": "pip install -e '.[train-yolo]'",
-        "script": "scripts/train_detector.py",
+        "script": "training/commands/detect.py",
         "data": data_root,
         "dataset": dataset,
         "model": cfg.model,
