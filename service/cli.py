@@ -1,4 +1,5 @@
-"""The command line: serve, predict, models inspect, config validate / schema.
+"""The command line: serve, predict, models inspect, config validate / schema, review export,
+and the training companion's train classify / detect / anomaly and dataset qa / export-yolo.
 
 Startup errors exit non-zero with one clear line (no traceback): a user at a terminal on the
 line needs the reason, not the stack.
@@ -7,6 +8,7 @@ line needs the reason, not the stack.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -15,12 +17,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 from service import __version__
 from service.config import ConfigError, Settings, json_schema, load_settings
 
 log = logging.getLogger("service")
 EXIT_USAGE = 2
+TRAIN_COMMANDS = ("classify", "detect", "anomaly")
 
 
 def _setup_logging(level: str) -> None:
@@ -186,6 +190,44 @@ def cmd_review_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_module(name: str) -> ModuleType | None:
+    """`training.commands.<name>`, or None where it is not there: a service-only install has no
+    `training` package, and a command may not be written yet. Any other import error is a bug
+    in that module and is raised. The modules import nothing heavy (see training/commands)."""
+    module = f"training.commands.{name}"
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name in (module, "training", "training.commands"):
+            return None
+        raise
+
+
+def _add_training(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    train_modules = [m for m in map(_command_module, TRAIN_COMMANDS) if m is not None]
+    if train_modules:
+        train = sub.add_parser(
+            "train",
+            help="train a model on your labelled images (needs lineinspect[train])",
+            description="Train a model on your labelled images and export it for lineinspect: "
+            "ONNX + model card (+ report). `lineinspect train COMMAND --help` describes the "
+            "data each one expects and what it writes.",
+        )
+        train_sub = train.add_subparsers(dest="train_cmd", required=True, metavar="COMMAND")
+        for module in train_modules:
+            module.add_parser(train_sub)
+    dataset_module = _command_module("dataset")
+    if dataset_module is not None:
+        dataset = sub.add_parser(
+            "dataset",
+            help="check a labelled dataset, split it, export it for YOLO",
+            description="Dataset import and QA: read a labelled folder, check it, split it, "
+            "export it for Ultralytics.",
+        )
+        dataset_sub = dataset.add_subparsers(dest="dataset_cmd", required=True, metavar="COMMAND")
+        dataset_module.add_parser(dataset_sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lineinspect", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lineinspect {__version__}")
@@ -235,11 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--labelled-only", action="store_true", help="only items an inspector labelled"
     )
     rexport.set_defaults(func=cmd_review_export)
+    _add_training(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The arguments as given, for the model cards' `training.command` (sys.argv is the test
+    # runner's when main() is called in-process).
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         code: int = args.func(args)
     except ConfigError as exc:

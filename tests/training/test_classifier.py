@@ -13,10 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
+from service.cli import main
 from service.inference.card import card_path_for, load_card
 from service.inference.model import load_model
 from service.inference.registry import file_sha256
-from training.classify import ClassifierConfig, train_classifier
+from training.classify import ClassifierConfig, batch_starts, train_classifier
 from training.dataset import load_dataset, split_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,24 +81,89 @@ def test_report_files(trained: tuple[Path, dict]) -> None:
 
 def _cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "scripts/train_classifier.py", *map(str, args)],
+        [sys.executable, "-m", "service", "train", "classify", *map(str, args)],
         cwd=REPO, capture_output=True, text=True, timeout=300, env=os.environ, check=False,
     )  # fmt: skip
 
 
+def _one_line_error(r: subprocess.CompletedProcess[str], expected: str) -> None:
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("lineinspect: error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert expected in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_cli_bad_inputs(tmp_path: Path, neu_images: list[Path]) -> None:
     (tmp_path / "empty").mkdir()
-    r = _cli("--data", tmp_path / "empty", "--out", tmp_path / "m.onnx")
-    assert r.returncode == 2 and "no images found" in r.stderr and "Traceback" not in r.stderr
+    _one_line_error(_cli("--data", tmp_path / "nowhere"), "dataset folder not found")
+    _one_line_error(
+        _cli("--data", tmp_path / "empty", "--out", tmp_path / "m.onnx"), "no images found"
+    )
     one = tmp_path / "one"
     for cls, n in (("crazing", 4), ("scratches", 1)):
         (one / cls).mkdir(parents=True)
         for p in [p for p in neu_images if p.name.startswith(cls)][:n]:
             shutil.copy(p, one / cls / p.name)
-    r = _cli("--data", one, "--out", tmp_path / "m.onnx")
-    assert r.returncode == 2 and "'scratches': 1" in r.stderr and "Traceback" not in r.stderr
+    _one_line_error(_cli("--data", one, "--out", tmp_path / "m.onnx"), "'scratches': 1")
     r = _cli("--data", one, "--good-classes", "good", "--out", tmp_path / "m.onnx", "--quick")
-    assert r.returncode == 2 and "fewer than 3" in r.stderr
+    _one_line_error(r, "fewer than 3")
+    r = _cli("--data", one, "--out", tmp_path / "never.onnx", "--resume")
+    _one_line_error(r, "nothing to resume: no checkpoint in")
+
+
+@pytest.mark.parametrize(("images", "batch", "starts"), [(10, 4, [0, 4, 8]), (9, 4, [0, 4]),
+                         (8, 4, [0, 4]), (1, 4, []), (2, 4, [0]), (33, 32, [0])])  # fmt: skip
+def test_a_last_batch_of_one_image_is_skipped(images: int, batch: int, starts: list[int]) -> None:
+    assert batch_starts(images, batch) == starts
+
+
+@pytest.fixture(scope="module")
+def three_classes(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Class folders (links to 12 NEU images each): the layout a user brings."""
+    root = tmp_path_factory.mktemp("folders")
+    for cls in ("crazing", "inclusion", "scratches"):
+        (root / cls).mkdir()
+        for i in range(1, 13):
+            name = f"{cls}_{i}.jpg"
+            (root / cls / name).symlink_to(data_dir / "neu-det" / "IMAGES" / name)
+    return root
+
+
+def test_resume_continues_an_interrupted_run(
+    three_classes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An interruption after epoch 1 (a run of --epochs 1), then --resume --epochs 3: the run
+    goes on at epoch 2 from the checkpoint and its card has the whole history. The small CNN
+    (the demo model's recipe) keeps it CI-sized; --budget-minutes 0 forces the warning."""
+    out = tmp_path / "parts.onnx"
+    base = ["train", "classify", "--data", str(three_classes), "--out", str(out), "--model",
+            "small-cnn", "--image-size", "64", "--batch-size", "8", "--threads", "1",
+            "--augment", "light", "--patience", "0"]  # fmt: skip
+    assert main([*base, "--epochs", "1", "--budget-minutes", "0"]) == 0
+    first = capsys.readouterr()
+    assert "estimate: about" in first.out
+    assert "warning: this run needs about" in first.err and "Continuing." in first.err
+    work = tmp_path / "parts-work"
+    assert (work / "last.pt").is_file() and (out.with_name("parts-split.json")).is_file()
+
+    assert main([*base, "--epochs", "3", "--resume"]) == 0
+    second = capsys.readouterr().out
+    assert f"resuming from {work / 'last.pt'}: epoch 2 of 3" in second
+    assert "epoch 1/" not in second and "epoch 2/3: train loss" in second
+    assert "ETA: " in second and "2 epochs left" not in second  # epoch 2 of 3: one left
+    assert "1 epoch left" in second
+    card = load_card(card_path_for(out))
+    assert [h["epoch"] for h in card.training["history"]] == [1, 2, 3]
+    assert (
+        card.training["config"]["epochs"] == 3 and card.training["config"]["model"] == "small-cnn"
+    )
+    assert card.training["command"].startswith("lineinspect train classify --data ")
+    assert card.training["method"] == "SmallCNN(width=24) trained from scratch"
+    assert load_model(out).spec.classes == ("crazing", "inclusion", "scratches")
+
+    # Another input size cannot continue this checkpoint: one line, nothing trained.
+    assert main([*base, "--epochs", "3", "--resume", "--image-size", "96"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lineinspect: error: the checkpoint in") and "image_size 64" in err
 
 
 def test_int8_quantisation_reports_its_cost(

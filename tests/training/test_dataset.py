@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -175,3 +176,41 @@ def test_yolo_labels_with_unknown_class_index(tmp_path: Path, neu_images: list[P
         and b.boxes[0].x1 == pytest.approx(50)
         and b.boxes[0].y1 == pytest.approx(75)
     )
+
+
+def test_cli_qa_and_export_yolo(
+    tmp_path: Path, neu_images: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lineinspect dataset qa` / `export-yolo` as a user runs them; bad input is one line."""
+    from service.cli import main
+
+    root = _folder_dataset(tmp_path, neu_images, {"crazing": 4, "scratches": 4, "patches": 4})
+    out = tmp_path / "qa"
+    assert main(["dataset", "qa", str(root), "--out", str(out), "--seed", "3"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    report = json.loads((out / "qa.json").read_text())
+    assert report and (out / "qa.md").stat().st_size > 0
+    manifest = Manifest.load(out / "manifest.json")
+    assert manifest.seed == 3 and sorted(manifest.classes) == ["crazing", "patches", "scratches"]
+
+    assert (
+        main(["dataset", "export-yolo", str(out / "manifest.json"), "--out", str(tmp_path / "y")])
+        == 0
+    )
+    assert "data.yaml" in capsys.readouterr().out
+    assert yaml.safe_load((tmp_path / "y" / "data.yaml").read_text())["names"][0] == "crazing"
+    assert len(list((tmp_path / "y" / "images" / "train").iterdir())) == len(
+        manifest.splits["train"]
+    )
+
+    cases = {
+        ("qa", str(tmp_path / "nowhere"), "--out", str(out)): "dataset folder not found",
+        ("qa", str(root), "--out", str(out), "--classes", "crazing"): "unknown classes",
+        ("export-yolo", str(root / "crazing" / "x.json"), "--out", str(out)): "manifest not found",
+        ("export-yolo", str(out / "qa.md"), "--out", str(out)): "is not a split manifest",
+    }
+    for argv, expected in cases.items():
+        assert main(["dataset", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("lineinspect: error: ") and err.count("\n") == 1, err
+        assert expected in err, err

@@ -1,7 +1,8 @@
 """The detector trainer end to end (CI-sized), and served boxes == Ultralytics' own boxes.
 
-(a) `scripts/train_detector.py --quick` on real NEU images: train -> ONNX -> model card ->
-    served by lineinspect's `load_model` -> a prediction on a real NEU image.
+(a) `lineinspect train detect --quick` on real NEU images: train -> ONNX -> model card ->
+    served by lineinspect's `load_model` -> a prediction on a real NEU image; an interrupted
+    run continued with --resume.
 (b) Parity: on real NEU images, the boxes lineinspect decodes from the shipped detector equal
     Ultralytics' predict on the same ONNX file with the same confidence floor (the decision
     policy's threshold - band), NMS IoU (the card's `nms_iou`) and max_det: same count, same
@@ -28,9 +29,10 @@ pytest.importorskip(
     reason="needs the train-yolo extra (Ultralytics): pip install -e '.[train-yolo]'",
 )
 
-from scripts import train_detector  # noqa: E402
+from service.cli import main  # noqa: E402
 from service.inference.card import ThresholdSpec, card_path_for, load_card  # noqa: E402
 from service.inference.model import Model, make_policy  # noqa: E402
+from training.commands import detect as detect_command  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models" / "neu-det-demo.onnx"
@@ -143,8 +145,10 @@ def quick_run(
     data = data_dir / "neu-det"
     if request.param != "efflite0":
         data = yolo_copy(data, work / "yolo-data")
-    rc = train_detector.main(
+    rc = main(
         [
+            "train",
+            "detect",
             "--quick",
             "--model",
             request.param,
@@ -156,7 +160,7 @@ def quick_run(
             str(work / "work"),
         ]
     )
-    assert rc == 0, "scripts/train_detector.py --quick failed (see the captured output)"
+    assert rc == 0, "lineinspect train detect --quick failed (see the captured output)"
     fmt = "voc" if request.param == "efflite0" else "yolo"
     assert f"({fmt} labels)" in load_card(card_path_for(out)).training["dataset"]
     return out
@@ -273,13 +277,56 @@ def test_cli_reports_bad_data_in_one_line(
         for i in (1, 2):
             image = data_dir / "neu-det" / "IMAGES" / f"{name}_{i}.jpg"
             (folders / name / image.name).symlink_to(image)
-    cases = {tmp_path / "nowhere": "not found", empty: "no images", folders: "has no boxes"}
-    for folder, expected in cases.items():
-        rc = train_detector.main(["--data", str(folder), "--workdir", str(tmp_path / "w")])
+    cases = {
+        tmp_path / "nowhere": ([], "not found"),
+        empty: ([], "no images"),
+        folders: ([], "has no boxes"),  # class folders: a classifier's data
+        data_dir / "neu-det": (["--resume"], "nothing to resume"),  # no interrupted run there
+    }
+    for folder, (extra, expected) in cases.items():
+        argv = ["train", "detect", "--data", str(folder), "--workdir", str(tmp_path / "w"), *extra]
+        rc = main(argv)
         err = capsys.readouterr().err.strip()
         assert rc == 2
-        assert err.startswith("error: ") and "\n" not in err, err
+        assert err.startswith("lineinspect: error: ") and "\n" not in err, err
         assert expected in err and "Traceback" not in err, err
+
+
+def test_resume_continues_an_interrupted_run(
+    data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C after epoch 1 of 2, then --resume: Ultralytics continues from the workdir's
+    last.pt at epoch 2 with the run's own settings, and the card has both epochs."""
+    argv = ["train", "detect", "--quick", "--no-estimate", "--workdir", str(tmp_path / "w"),
+            "--out", str(tmp_path / "det.onnx")]  # fmt: skip
+    epoch = detect_command.EpochClock.epoch
+
+    def interrupt_after_one(self: Any, n: int, total: int, metrics: dict[str, float]) -> None:
+        epoch(self, n, total, metrics)
+        if n == 1:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(detect_command.EpochClock, "epoch", interrupt_after_one)
+        assert main(argv) == 130
+    first = capsys.readouterr()
+    assert "epoch 1/2" in first.out and "ETA: " in first.out
+    assert "--resume continues" in first.err
+    assert not (tmp_path / "det.onnx").exists()
+
+    assert main([*argv, "--resume", "--image-size", "96"]) == 0  # the run's own 64 px apply
+    second = capsys.readouterr().out
+    assert "resumed at epoch 2 of 2" in second and "epoch 1/2" not in second
+    card = load_card(card_path_for(tmp_path / "det.onnx"))
+    assert [int(e["epoch"]) for e in card.training["epoch_log"]] == [1, 2]
+    assert card.training["resumed_after_epoch"] == 1 and card.input.size == (64, 64)
+    assert card.training["command"].startswith("lineinspect train detect --quick")
+
+    assert main([*argv, "--resume"]) == 2  # finished: nothing left to resume
+    assert "nothing to resume: the run in" in capsys.readouterr().err
 
 
 # -- (b) parity with Ultralytics' own ONNX predict
@@ -289,7 +336,7 @@ def test_cli_reports_bad_data_in_one_line(
 def shipped() -> Path:
     assert SHIPPED.is_file(), (
         f"the shipped detector is missing: {SHIPPED}; train it with "
-        "`python scripts/train_detector.py` (see docs/DETECTOR.md)"
+        "`lineinspect train detect` (see docs/DETECTOR.md)"
     )
     return SHIPPED
 
