@@ -144,15 +144,9 @@ def test_input_norm_masks_padding_and_removes_exposure() -> None:
 
 
 def _main(argv: list[str]) -> int:
-    import importlib.util
+    from service.cli import main
 
-    spec = importlib.util.spec_from_file_location(
-        "train_anomaly", Path(__file__).resolve().parents[2] / "scripts" / "train_anomaly.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return int(module.main(argv))
+    return main(["train", "anomaly", "--no-estimate", *argv])
 
 
 @pytest.mark.parametrize(
@@ -226,7 +220,7 @@ def test_cli_errors_are_one_line(
     for expected, data in cases.items():
         assert _main(["--data", str(data), *out]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("error: ") and expected in err, err
+        assert err.startswith("lineinspect: error: ") and expected in err, err
         assert err.count("\n") == 1 and "Traceback" not in err, err
     tiles = str(data_dir / "magnetic-tile")
     for backbone, expected in (
@@ -235,8 +229,8 @@ def test_cli_errors_are_one_line(
     ):
         assert _main(["--data", tiles, *out, "--quick", "--backbone", str(backbone)]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("error: backbone") and expected in err, err
+        assert err.startswith("lineinspect: error: backbone") and expected in err, err
         assert err.count("\n") == 1 and "Traceback" not in err, err
     assert _main(["--data", str(bad), *out, "--augment", "hx"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: augment must be") and err.count("\n") == 1, err
+    assert err.startswith("lineinspect: error: augment must be") and err.count("\n") == 1, err
