@@ -23,6 +23,7 @@ from torch import nn
 from training.anomaly.candidates import (
     HybridModel,
     describe,
+    extra_labelled,
     fit_supervised,
     hybrid_scores,
     hybrid_stats,
@@ -146,6 +147,7 @@ def fit_all(cfg: AnomalyConfig) -> dict[str, Any]:
     name = cfg.name or out.stem
     report_dir = Path(cfg.report_dir) if cfg.report_dir else Path("build/anomaly") / name
     cand_dir = report_dir / "candidates"
+    _check_labelled(cfg.labelled)  # before any training: a bad folder should cost no time
     anomaly = fit(
         replace(
             cfg,
@@ -283,6 +285,13 @@ def fit_all(cfg: AnomalyConfig) -> dict[str, Any]:
         **{f"{c.path.stem}_{s}": v for c in candidates for s, v in c.scores.items()},
     )
     return summary
+
+
+def _check_labelled(folders: tuple[Path, ...]) -> None:
+    paths, _, _ = extra_labelled(folders, "good")
+    for p in paths:
+        if read_image(p) is None:
+            raise AnomalyDataError(f"unreadable image {p}: fix or remove it")
 
 
 def _good_only_result(

@@ -103,6 +103,10 @@ def add_parser(subparsers: Any) -> None:
     data.add_argument("--skip-unreadable", action="store_true",
                       help="leave unreadable images out instead of stopping")  # fmt: skip
     data.add_argument("--seed", type=int, default=0, help="split and training seed (default 0)")
+    data.add_argument("--limit-good", type=positive_int,
+                      help="use at most this many good images (a smaller trial run)")  # fmt: skip
+    data.add_argument("--limit-per-class", type=positive_int,
+                      help="use at most this many images per defect class")  # fmt: skip
 
     out = p.add_argument_group("output")
     out.add_argument("--out", type=Path,
@@ -114,9 +118,9 @@ def add_parser(subparsers: Any) -> None:
     model = p.add_argument_group("model")
     model.add_argument("--mode", choices=("auto", "good-only", "all"), default="auto",
                        help="auto (default): all when defects are labelled, else good-only")  # fmt: skip
-    model.add_argument("--image-size", type=parse_size, default=(512, 512),
+    model.add_argument("--image-size", type=parse_size, default=None,
                        help="input HxW, multiples of 32 (default 512: tiles keep their thin "
-                       "cracks; 256 is 4x cheaper)")  # fmt: skip
+                       "cracks; 256 is 4x cheaper; --quick: 128)")  # fmt: skip
     model.add_argument("--resize", choices=("letterbox", "resize"), default="letterbox")
     model.add_argument("--normalize", choices=("none", "mean", "std"), default="std",
                        help="per-image grey-level normalisation in the graph (default std)")  # fmt: skip
@@ -158,7 +162,8 @@ def build_config(args: argparse.Namespace) -> Any:
 
     out = args.out or Path("models") / f"{Path(args.data).name}-anomaly.onnx"
     cfg = AnomalyConfig(
-        data=args.data, out=out, report_dir=args.report_dir, image_size=args.image_size,
+        data=args.data, out=out, report_dir=args.report_dir,
+        image_size=args.image_size or ((128, 128) if args.quick else (512, 512)),
         resize=args.resize, layers=args.layers, backbone=args.backbone, bank_size=args.bank_size,
         sigma=args.sigma, normalize=args.normalize,
         augment="" if args.augment.lower() in ("", "none") else args.augment,
@@ -171,7 +176,11 @@ def build_config(args: argparse.Namespace) -> Any:
         sup_epochs=args.sup_epochs,
     )  # fmt: skip
     if args.quick:
-        cfg.image_size, cfg.bank_size, cfg.max_good, cfg.max_defects = (128, 128), 500, 60, 6
+        cfg.bank_size, cfg.max_good, cfg.max_defects = 500, 60, 6
+    if args.limit_good:
+        cfg.max_good = args.limit_good
+    if args.limit_per_class:
+        cfg.max_defects = args.limit_per_class
         cfg.calib_per_class, cfg.topk, cfg.sup_epochs, cfg.folds = 3, 3, 10, 3
     return cfg
 
