@@ -238,7 +238,9 @@ class LineInspect:
         for cam, buffer in pending:
             camera = Camera(
                 cam.name,
-                make_source(cam.source, cam.loop, cam.read_timeout_s, cam.pattern),
+                make_source(
+                    cam.source, cam.loop, cam.read_timeout_s, cam.pattern, cam.order == "shuffle"
+                ),
                 buffer,
                 fps=cam.fps,
                 reconnect_initial_s=cam.reconnect_initial_s,

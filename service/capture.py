@@ -11,6 +11,7 @@ part id to inference.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -105,20 +106,25 @@ class OpenCvSource:
 
 
 class FolderSource:
-    """Images of a folder in name order, rescanned on every pass (new images join the loop)."""
+    """Images of a folder in name order (or shuffled, seeded), rescanned on every pass (new
+    images join the loop)."""
 
     kind = "folder"
     live = False
 
-    def __init__(self, folder: Path, loop: bool, pattern: str = "*") -> None:
+    def __init__(self, folder: Path, loop: bool, pattern: str = "*", shuffle: bool = False) -> None:
         self.folder, self.loop, self.pattern = folder, loop, pattern
         self._pending: deque[Path] = deque()
+        self._rng = random.Random(0) if shuffle else None
 
     def _scan(self) -> None:
         if not self.folder.is_dir():
             raise SourceError(f"image folder not found: {self.folder}")
         found = (p for p in self.folder.glob(self.pattern) if p.suffix.lower() in IMAGE_EXTS)
-        self._pending = deque(sorted(p for p in found if p.is_file()))
+        paths = sorted(p for p in found if p.is_file())
+        if self._rng is not None:
+            self._rng.shuffle(paths)
+        self._pending = deque(paths)
         if not self._pending:
             raise SourceError(f"no images matching {self.pattern} in {self.folder}")
 
@@ -144,7 +150,9 @@ class FolderSource:
         return None
 
 
-def make_source(uri: str, loop: bool, timeout_s: float, pattern: str = "*") -> Source:
+def make_source(
+    uri: str, loop: bool, timeout_s: float, pattern: str = "*", shuffle: bool = False
+) -> Source:
     """`rtsp://…`, `http(s)://…`, `device:0`, `file:PATH` (or a video path), `folder:PATH`."""
     if uri.startswith(
         ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
@@ -153,10 +161,10 @@ def make_source(uri: str, loop: bool, timeout_s: float, pattern: str = "*") -> S
     if uri.startswith("device:"):
         return OpenCvSource(int(uri.split(":", 1)[1]), "device", loop, timeout_s)
     if uri.startswith("folder:"):
-        return FolderSource(Path(uri.split(":", 1)[1]), loop, pattern)
+        return FolderSource(Path(uri.split(":", 1)[1]), loop, pattern, shuffle)
     path = uri.split(":", 1)[1] if uri.startswith("file:") else uri
     if Path(path).is_dir():
-        return FolderSource(Path(path), loop, pattern)
+        return FolderSource(Path(path), loop, pattern, shuffle)
     return OpenCvSource(path, "file", loop, timeout_s)
 
 

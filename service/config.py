@@ -136,7 +136,16 @@ class CameraConfig(_Section):
         "0 = as fast as possible.",
     )
     loop: bool = Field(True, description="Files and folders start again at the end.")
-    pattern: str = Field("*", description="Folder sources: which files to play (glob, e.g. *.jpg).")
+    pattern: str = Field(
+        "*",
+        description="Folder sources: which files to play (glob relative to the folder, e.g. "
+        "*.jpg or */Imgs/*.jpg).",
+    )
+    order: Literal["name", "shuffle"] = Field(
+        "name",
+        description="Folder sources: name order, or a seeded shuffle on every pass (a demo "
+        "that mixes good and defective parts from class folders).",
+    )
     mode: Literal["free", "trigger"] = Field(
         "free", description="free: judge every frame; trigger: one verdict per part on a trigger."
     )

@@ -169,3 +169,30 @@ def test_parallelism(
     runs: int, intra: int, on_cpu: bool, cores: int, expected: tuple[int, int]
 ) -> None:
     assert parallelism(runs, intra, on_cpu, cores) == expected
+
+
+def test_folder_source_plays_class_folders_in_name_order_or_shuffled(tmp_path: Path) -> None:
+    import cv2
+
+    from service.capture import make_source
+
+    for cls in ("bad", "good"):
+        (tmp_path / cls / "Imgs").mkdir(parents=True)
+        for i in range(6):
+            image = np.full((4, 4, 3), (10 if cls == "bad" else 200) + i, np.uint8)
+            cv2.imwrite(str(tmp_path / cls / "Imgs" / f"{i}.png"), image)
+        (tmp_path / cls / "Imgs" / "notes.txt").write_text("not an image")
+
+    def play(shuffle: bool) -> list[int]:
+        src = make_source(f"folder:{tmp_path}", False, 1.0, "*/Imgs/*", shuffle)
+        src.open()
+        out = []
+        while (image := src.read()) is not None:
+            out.append(int(image[0, 0, 0]))
+        return out
+
+    assert play(False) == [10, 11, 12, 13, 14, 15, 200, 201, 202, 203, 204, 205]
+    mixed = play(True)
+    assert sorted(mixed) == play(False) and mixed != play(False)
+    assert mixed == play(True), "seeded: the same order on every start"
+    assert any(v < 100 for v in mixed[:6]) and any(v > 100 for v in mixed[:6])
