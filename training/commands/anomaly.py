@@ -133,6 +133,8 @@ def add_parser(subparsers: Any) -> None:
     model.add_argument("--topk", type=positive_int, default=20,
                        help="PatchCore score = mean of the k highest patch distances (default 20)")  # fmt: skip
     model.add_argument("--sigma", type=float, default=4.0, help="map smoothing in pixels")
+    model.add_argument("--mask-padding", action=argparse.BooleanOptionalAction, default=True,
+                       help="keep the letterbox padding out of scores and maps (default on)")  # fmt: skip
     model.add_argument("--backbone", type=Path,
                        help="EfficientNet-Lite0 of an efflite0 detector (its best.pt) instead of ImageNet's")  # fmt: skip
     model.add_argument("--sup-layers", type=parse_layers, default=(4, 7, 10, 15),
@@ -167,7 +169,7 @@ def build_config(args: argparse.Namespace) -> Any:
         resize=args.resize, layers=args.layers, backbone=args.backbone, bank_size=args.bank_size,
         sigma=args.sigma, normalize=args.normalize,
         augment="" if args.augment.lower() in ("", "none") else args.augment,
-        topk=args.topk, mask_padding=True, seed=args.seed, good_class=args.good_class,
+        topk=args.topk, mask_padding=args.mask_padding, seed=args.seed, good_class=args.good_class,
         calib_per_class=args.calib_per_class, target_miss=args.target_miss, band=args.band,
         threads=args.threads, batch_size=args.batch_size, skip_unreadable=args.skip_unreadable,
         progress=not args.no_progress, name=args.name, version=args.version,
