@@ -37,7 +37,7 @@ def image_stats(image: np.ndarray) -> dict[str, float]:
     return {"brightness": brightness, "contrast": contrast, "sharpness": sharpness}
 
 
-def _histogram(values: Sequence[float], edges: Sequence[float]) -> dict[str, Any]:
+def _histogram(values: Sequence[float] | np.ndarray, edges: Sequence[float]) -> dict[str, Any]:
     counts, _ = np.histogram(np.asarray(values, dtype=np.float64), bins=np.asarray(edges))
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
 

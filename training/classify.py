@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import albumentations as A  # noqa: N812 (the library's own convention)
 import cv2
@@ -258,7 +258,7 @@ def probe_step_seconds(
     for i in range(steps + 1):
         cpu, wall = time.process_time(), time.perf_counter()
         optimiser.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
+        nn.functional.cross_entropy(model(x), y).backward()  # type: ignore[no-untyped-call]
         optimiser.step()
         if i:  # the first step allocates and warms caches
             best_cpu = min(best_cpu, time.process_time() - cpu)
@@ -477,7 +477,7 @@ def train_classifier(
     }
     cards.write_card(out_path, **base_card)
     served = load_model(out_path, RuntimeOptions(warmup_runs=1, intra_op_threads=cfg.threads))
-    probs = {k: np.stack([r.prediction.probabilities for r in served.predict(v)]) if v else np.zeros((0, len(classes)))
+    probs = {k: np.stack([cast(np.ndarray, r.prediction.probabilities) for r in served.predict(v)]) if v else np.zeros((0, len(classes)))
              for k, v in (("train", images["train"]), ("val", images["val"]), ("test", images["test"]))}  # fmt: skip
     parity = float(np.abs(torch_val - probs["val"]).max()) if len(torch_val) else 0.0
     if parity > 1e-4:
@@ -496,9 +496,10 @@ def train_classifier(
     top_conf: dict[str, list[float]] = {c: [] for c in classes}
     for row in probs["val"]:
         top_conf[classes[int(row.argmax())]].append(float(row.max()))
+    # The manifest lists only images that decoded when the dataset was loaded.
     reference = cards.reference_section(
-        [cards.image_stats(read_image(s.path)) for s in splits["val"]], top_conf
-    )  # type: ignore[arg-type]
+        [cards.image_stats(cast(np.ndarray, read_image(s.path))) for s in splits["val"]], top_conf
+    )
     elapsed, cpu = time.perf_counter() - t_start, time.process_time() - cpu_start
     card = cards.write_card(
         out_path,

@@ -174,8 +174,9 @@ def ultralytics(threads: int | None = 1) -> Any:
     _install_font(Path(USER_CONFIG_DIR))  # if it was imported before prepare_offline() ran
     if threads:
         torch.set_num_threads(threads)
-        # select_device() resets torch's thread count to this on CPU.
-        torch_utils.NUM_THREADS = threads
+        # select_device() resets torch's thread count to this on CPU (a name torch_utils
+        # imports from ultralytics.utils without re-exporting it).
+        torch_utils.NUM_THREADS = threads  # type: ignore[attr-defined]
     return ul
 
 
@@ -408,7 +409,7 @@ def probe_step_seconds(
     from ultralytics.nn.tasks import DetectionModel
 
     with quiet_third_party():
-        model: Any = DetectionModel(model_source(cfg.model), nc=classes, verbose=False)
+        model: Any = DetectionModel(model_source(cfg.model), nc=classes, verbose=False)  # type: ignore[no-untyped-call]
     model.args = get_cfg()  # the loss reads its gains (box, cls, dfl) from here
     frozen = tuple(f"model.{f}" for f in cfg.freeze or ())
     for key, param in model.named_parameters():

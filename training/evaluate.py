@@ -36,7 +36,7 @@ MANUAL_CHECKS = [
 
 
 def classification_metrics(
-    y_true: Sequence[int],
+    y_true: Sequence[int] | np.ndarray,
     probs: np.ndarray,
     classes: Sequence[str],
     good_classes: Sequence[str] = (),

@@ -29,11 +29,12 @@ def _f1(scores: np.ndarray, positive: np.ndarray, t: float) -> float:
         return 0.0
     precision = tp / pred.sum()
     recall = tp / positive.sum()
-    return 2 * precision * recall / (precision + recall)
+    f1: float = 2 * precision * recall / (precision + recall)  # a numpy float64
+    return f1
 
 
 def tune_classifier(
-    y_true: Sequence[int],
+    y_true: Sequence[int] | np.ndarray,
     probs: np.ndarray,
     classes: Sequence[str],
     good_classes: Sequence[str] = (),

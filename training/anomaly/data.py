@@ -289,4 +289,5 @@ def _progress(
         return items
     from tqdm import tqdm
 
-    return tqdm(items, desc=desc, total=total, leave=False, dynamic_ncols=True)
+    bar: Iterable[Any] = tqdm(items, desc=desc, total=total, leave=False, dynamic_ncols=True)
+    return bar

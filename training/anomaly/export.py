@@ -6,7 +6,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ def export_onnx(
     import onnx
     from onnx import helper
 
-    h, w = model.image_size
+    h, w = cast("tuple[int, int]", model.image_size)  # every exported model keeps its input size
     if bank is None:
         bank = getattr(model, "bank_t", None)
     dummy = torch.zeros(2, 3, h, w)
@@ -81,7 +81,7 @@ def export_onnx(
     if bank is not None:
         _store_bank(graph, bank.numpy(), fp16_bank)
     # The tracer names the map's spatial dims after internal tensors: state the real shapes.
-    shapes = {SCORE_NAME: ["batch"], MAP_NAME: ["batch", 1, h, w]}
+    shapes: dict[str, list[str | int]] = {SCORE_NAME: ["batch"], MAP_NAME: ["batch", 1, h, w]}
     for output in graph.output:
         dims = output.type.tensor_type.shape.dim
         del dims[:]
@@ -169,7 +169,7 @@ def serve_check(path: Path, split: Split, good_class: str) -> dict[str, Any]:
     bad = [split.root / p for c, p in split.rows["test"] if c != good_class][:1]
     images = [read_image(p) for p in good + bad]
     results = model.predict(images)  # type: ignore[arg-type]
-    out = {
+    out: dict[str, Any] = {
         "task": model.spec.task,
         "score_output": model.spec.score_output,
         "map_output": model.spec.map_output,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -14,6 +15,9 @@ from torch import nn
 from service.inference.preprocess import PreprocessSpec, preprocess
 from training.anomaly.config import MEAN, PAD_VALUE, STD, AnomalyConfig, AnomalyDataError
 from training.anomaly.data import _progress, read_image
+
+if TYPE_CHECKING:
+    from training.effdet import EfficientNetLite0
 
 # one pHash, union-find and exposure-bracket rule for every split
 
@@ -43,7 +47,7 @@ def load_backbone(weights: Path | None = None) -> nn.Module:
     return net.eval()
 
 
-def _detector_backbone(weights: Path) -> nn.Module:
+def _detector_backbone(weights: Path) -> EfficientNetLite0:
     """The EfficientNetLite0 (float32) at the head of an efflite0 detector checkpoint."""
     import pickle
 
@@ -76,8 +80,11 @@ class PatchFeatures(nn.Module):
     def __init__(self, backbone: nn.Module, layers: Sequence[int]) -> None:
         super().__init__()
         self.layers = tuple(sorted(layers))
-        self.stem = nn.Sequential(backbone._conv_stem, backbone._bn0, nn.ReLU6())
-        self.blocks = nn.ModuleList(list(backbone._blocks)[: self.layers[-1] + 1])
+        # nn.Module types its attributes Tensor | Module; these are EfficientNet's layers.
+        stem, bn = cast(nn.Module, backbone._conv_stem), cast(nn.Module, backbone._bn0)
+        self.stem = nn.Sequential(stem, bn, nn.ReLU6())
+        blocks = cast(nn.ModuleList, backbone._blocks)
+        self.blocks = nn.ModuleList(list(blocks)[: self.layers[-1] + 1])
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)

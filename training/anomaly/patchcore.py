@@ -39,6 +39,11 @@ class PatchCoreModel(nn.Module):
     `mask_padding`); the map is the patch distances upsampled, smoothed and (with
     `mask_padding`) zero on the padding."""
 
+    bank_t: torch.Tensor  # buffers
+    bank_sq: torch.Tensor
+    kx: torch.Tensor
+    ky: torch.Tensor
+
     def __init__(
         self,
         features: PatchFeatures,
@@ -70,7 +75,7 @@ class PatchCoreModel(nn.Module):
 
     def patch_distances(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, h, w) distance of every (normalised) patch to its nearest bank entry."""
-        f = self.features(x)
+        f: torch.Tensor = self.features(x)
         h, w = int(f.shape[-2]), int(f.shape[-1])
         flat = f.flatten(2).transpose(1, 2)  # (B, N, D)
         sq = (flat * flat).sum(-1, keepdim=True)  # (B, N, 1)

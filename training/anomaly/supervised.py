@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -46,8 +47,11 @@ class Taps(nn.Module):
         self.layers = tuple(sorted(layers))
         self.grid_stride = int(grid_stride)
         self.max_pool = bool(max_pool)
-        self.stem = nn.Sequential(backbone._conv_stem, backbone._bn0, nn.ReLU6())
-        self.blocks = nn.ModuleList(list(backbone._blocks)[: self.layers[-1] + 1])
+        # nn.Module types its attributes Tensor | Module; these are EfficientNet's layers.
+        stem, bn = cast(nn.Module, backbone._conv_stem), cast(nn.Module, backbone._bn0)
+        self.stem = nn.Sequential(stem, bn, nn.ReLU6())
+        blocks = cast(nn.ModuleList, backbone._blocks)
+        self.blocks = nn.ModuleList(list(blocks)[: self.layers[-1] + 1])
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
@@ -123,6 +127,9 @@ class Cached:
 
 class PatchHead(nn.Module):
     """Standardisation + head: (B, C, h, w) features -> (B, 1, h, w) defect logits."""
+
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, head: nn.Module) -> None:
         super().__init__()
@@ -249,7 +256,8 @@ class SupervisedModel(nn.Module):
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
+    out: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
+    return out
 
 
 def grid_of(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
