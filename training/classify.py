@@ -532,15 +532,18 @@ def train_classifier(
         },
         reference=reference,
     )
-    write_classifier_report(
+    report.write_classifier_report(
         report_dir,
-        card.name or cfg.name,
-        classes,
-        labels["test"],
-        probs["test"],
-        metrics,
-        readiness,
-        tuned,
+        model_name=card.name or cfg.name,
+        classes=classes,
+        y_test=labels["test"],
+        test_probs=probs["test"],
+        metrics=metrics,
+        tuned=tuned,
+        history=history,
+        best_epoch=best_epoch,
+        train_counts={c: int((labels["train"] == i).sum()) for i, c in enumerate(classes)},
+        good_classes=cfg.good_classes,
     )
     (report_dir / "metrics.json").write_text(json.dumps(card.metrics, indent=1))
     return dict(card.metrics)
@@ -586,60 +589,3 @@ def export_onnx(
     onnx.save(proto, str(path), save_as_external_data=False)
     for leftover in path.parent.glob(path.name + ".data"):
         leftover.unlink()
-
-
-def write_classifier_report(
-    out_dir: Path,
-    name: str,
-    classes: Sequence[str],
-    y_test: np.ndarray,
-    test_probs: np.ndarray,
-    metrics: dict[str, Any],
-    readiness: dict[str, Any],
-    tuned: dict[str, Any],
-) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    test = metrics["test"]
-    plots = [
-        report.plot_confusion(
-            test["confusion_matrix"],
-            classes,
-            out_dir / "confusion_matrix.png",
-            "confusion matrix (test)",
-        ),
-        report.plot_pr_curves(y_test, test_probs, classes, out_dir / "pr_curves.png"),
-    ]
-    correct = test_probs.argmax(1) == y_test
-    plots.append(report.plot_score_histogram(
-        {"correct": test_probs.max(1)[correct].tolist(), "wrong": test_probs.max(1)[~correct].tolist()},
-        out_dir / "confidence_histogram.png", "top-class confidence (test)"))  # fmt: skip
-    rows = [
-        (c, v["precision"], v["recall"], v["f1"], v["support"], v["miss_rate"])
-        for c, v in test["per_class"].items()
-    ]
-    summary = [
-        f"- test accuracy {test['accuracy']:.4f} on {test['images']} images; "
-        f"validation {metrics['val']['accuracy']:.4f}; train {metrics['train']['accuracy']:.4f}",
-        "",
-        *report._table(
-            ["class", "precision", "recall", "F1", "support", "miss rate (defect called good)"],
-            rows,
-        ),
-    ]
-    t = tuned["thresholds"]
-    tuning = [
-        f"- goal: critical classes {tuned['goal']['critical'] or 'none'} at miss rate <= {tuned['goal']['max_miss']}, "
-        f"others best F1; band routes >= {tuned['goal']['review_share']:.0%} of frames to review",
-        f"- per-class thresholds: {t['per_class']}; band ±{t['band']}",
-        *[f"- {k}: {v}" for k, v in tuned["rationale"].items()],
-    ]
-    return report.write_report(
-        out_dir,
-        f"{name}: classification report",
-        [
-            ("Readiness", report.readiness_lines(readiness)),
-            ("Test split", summary),
-            ("Thresholds", tuning),
-        ],
-        plots,
-    )

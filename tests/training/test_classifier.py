@@ -77,6 +77,14 @@ def test_report_files(trained: tuple[Path, dict]) -> None:
         assert (report / name).stat().st_size > 0, name
     text = (report / "report.md").read_text()
     assert "Production readiness" in text and "miss rate" in text
+    # the family-neutral report: the domain's readiness table and the advice section
+    assert "| criterion | measured | target | result | note |" in text
+    assert "| overall accuracy |" in text and "| lowest class recall (`" in text
+    assert "| train - validation accuracy (points) |" in text
+    assert "## What to do next" in text
+    # 6 training images per class (limit_per_class): every run is told to label more
+    assert "label more `" in text and "pilot needs 200" in text
+    assert "<h2>What to do next</h2>" in (report / "report.html").read_text()
 
 
 def _cli(*args: str | Path) -> subprocess.CompletedProcess[str]:

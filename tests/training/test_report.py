@@ -509,22 +509,72 @@ def test_markdown_and_html_rendering(tmp_path: Path) -> None:
     assert '<td class="PASS">PASS</td>' in page
 
 
-def test_legacy_writer_used_by_the_classifier(tmp_path: Path) -> None:
-    readiness = {
-        "passed": False,
-        "criteria": [
-            {"criterion": "overall accuracy", "value": 0.8, "limit": 0.9, "passed": False}
-        ],
-        "manual": ["rollback plan"],
+def classifier_inputs() -> dict[str, Any]:
+    """12 test images: `crazing` and `good` all right, half the `<patch>` ones called good."""
+    from training import evaluate, thresholds
+
+    classes = ["<patch>", "crazing", "good"]
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+    pred = np.array([0, 0, 2, 2, 1, 1, 1, 1, 2, 2, 2, 2])
+    probs = np.full((12, 3), 0.05)
+    probs[np.arange(12), pred] = 0.9
+    test = evaluate.classification_metrics(y, probs, classes, ["good"])
+    return {
+        "model_name": "neu-cls",
+        "classes": classes,
+        "y_test": y,
+        "test_probs": probs,
+        "metrics": {"train": {"accuracy": 0.99}, "val": {"accuracy": 0.8}, "test": test},
+        "tuned": thresholds.tune_classifier(y, probs, classes, ["good"], ["<patch>"]),
+        "good_classes": ["good"],
     }
-    png = report.plot_confusion([[3, 1], [0, 4]], ["a", "b"], tmp_path / "cm.png", "cm")
-    hist = report.plot_score_histogram({"ok": [0.9, 0.8]}, tmp_path / "h.png", "h", 0.5)
-    lines = report.readiness_lines(readiness)
-    table = report._table(["class", "miss rate"], [("a", None)])
-    md_path = report.write_report(
-        tmp_path, "<t>", [("Readiness", lines), ("T", table)], [png, hist]
+
+
+def test_classifier_report(tmp_path: Path) -> None:
+    history = [
+        {"epoch": i, "train_loss": 1 / i, "val_loss": 1.2 / i, "val_accuracy": 0.5 + 0.04 * i}
+        for i in range(1, 9)
+    ]
+    out = tmp_path / "neu-cls-report"
+    written = report.write_classifier_report(
+        out,
+        **classifier_inputs(),
+        history=history,
+        best_epoch=8,
+        train_counts={"<patch>": 40, "crazing": 300, "good": 300},
     )
-    assert (
-        "Production readiness: FAIL" in md_path.read_text() and "| a | - |" in md_path.read_text()
-    )
-    assert "&lt;t&gt;" in (tmp_path / "report.html").read_text()
+    md = written.markdown.read_text(encoding="utf-8")
+    assert "## Production readiness: FAIL" in md
+    assert "| overall accuracy | 0.833 | > 0.9 | FAIL |" in md
+    assert "| lowest class F1 (`<patch>`) | 0.667 | > 0.85 | FAIL |" in md
+    assert "| lowest class recall (`<patch>`) | 0.500 | ≥ 0.8 | FAIL |" in md
+    assert "| train - validation accuracy (points) | 19.0 | ≤ 10.0 | FAIL |" in md
+    assert "## What to do next" in md
+    assert "label more `<patch>` (40 images now; pilot needs 200): it has the lowest recall" in md
+    assert "classes unbalanced 7.5:1 (`good` 300 vs `<patch>` 40 images" in md
+    assert "train more epochs: validation still rising (validation accuracy best at epoch 8" in md
+    assert "overfitting: train accuracy 99.0 % vs validation 80.0 %" in md
+    # per class: precision, recall, F1, test images, miss rate (called good), training images
+    assert "| `<patch>` | 1.000 | 0.500 | 0.667 | 4 | 50.0 % | 40 |" in md
+    assert "| `<patch>` | 2 | 0 | 2 |" in md  # the confusion matrix as a table too
+    assert "| `<patch>` | 0.050 | critical: highest threshold" in md  # tuned thresholds
+    page = written.html.read_text(encoding="utf-8")
+    assert "<patch>" not in page and "&lt;patch&gt;" in page
+    for name in (
+        "confusion_matrix.png",
+        "pr_curves.png",
+        "confidence_histogram.png",
+        "training_curves.png",
+        "loss_curves.png",
+    ):
+        assert (out / name).stat().st_size > 5000, name
+
+
+def test_classifier_report_without_history_or_counts(tmp_path: Path) -> None:
+    inputs = classifier_inputs()
+    inputs["metrics"]["train"] = {"accuracy": 0.85}
+    written = report.write_classifier_report(tmp_path, **inputs)
+    md = written.markdown.read_text(encoding="utf-8")
+    assert "| train - validation accuracy (points) | 5.0 | ≤ 10.0 | PASS |" in md
+    assert "## What to do next\n\nNothing the automatic checks can point at" in md
+    assert "## Training" not in md and not (tmp_path / "training_curves.png").exists()

@@ -45,7 +45,8 @@ Out (--out OUT.onnx):
     OUT.onnx          the model: input `images` [batch, 3, size, size], softmax in the graph
     OUT.card.yaml     classes, preprocessing, thresholds tuned on validation, metrics on the
                       held-out test split, drift reference: what `lineinspect serve` reads
-    OUT-report/       report.md/.html (confusion matrix, PR curves, readiness), best.pt
+    OUT-report/       report.md/.html (readiness, what to do next, confusion matrix, PR
+                      curves, thresholds, training curves), best.pt
     OUT-split.json    the split (reuse it with --manifest)
     OUT-work/         a checkpoint after every epoch: --resume continues an interrupted run
 

@@ -7,12 +7,13 @@ plots.py                 confusion matrix, PR / ROC curves, score histograms wit
 binary.py                anomaly / supervised / hybrid good-vs-defect models, and the
                          comparison of candidate models on the same parts
 detector.py              detectors (from training.detect's evaluation)
-legacy.py                the Markdown-lines writer training/classify.py uses
+classifier.py            image classifiers (from training.classify's evaluation)
 """
 
 from __future__ import annotations
 
 from training.report.binary import BinaryMetrics, ClassStats, binary_metrics, write_binary_report
+from training.report.classifier import write_classifier_report
 from training.report.compare import Candidate, Comparison, compare_candidates, comparison_section
 from training.report.criteria import (
     AdviceContext,
@@ -21,7 +22,6 @@ from training.report.criteria import (
     detection_criteria,
 )
 from training.report.detector import write_detector_report, yolo_class_counts
-from training.report.legacy import _markdown_block_to_html, _table, readiness_lines, write_report
 from training.report.model import (
     Bullets,
     Criterion,
@@ -58,8 +58,6 @@ __all__ = [
     "Section",
     "Table",
     "WrittenReport",
-    "_markdown_block_to_html",
-    "_table",
     "binary_criteria",
     "binary_metrics",
     "classification_criteria",
@@ -74,10 +72,9 @@ __all__ = [
     "plot_roc",
     "plot_score_histogram",
     "plot_training_curves",
-    "readiness_lines",
     "write",
     "write_binary_report",
+    "write_classifier_report",
     "write_detector_report",
-    "write_report",
     "yolo_class_counts",
 ]
