@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -29,17 +28,18 @@ import cv2
 import numpy as np
 import yaml
 
+from training.hygiene import (
+    NEAR_DUPLICATE_BITS,
+    UnionFind,
+    bracket_groups,
+    near_pairs,
+    phash,
+)
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 MIN_BOX_PX = 20  # the domain's smallest reliably detectable defect
 BALANCE_LIMIT = 3.0  # no class more than 3x the images of the smallest
-NEAR_DUPLICATE_BITS = 8  # pHash Hamming distance (of 64) that counts as a near duplicate
 SPLITS = ("train", "val", "test")
-# Exposure brackets: the same part shot at several exposures in quick succession, named
-# `exp<exposure>_num_<frame>` (the magnetic-tile set: frame numbers of one tile lie <= 40 apart,
-# different tiles hundreds apart). pHash misses many of these siblings, and a split that puts
-# one exposure in train and another in test leaks the part.
-EXPOSURE_BRACKET = re.compile(r"exp\d+_num_(\d+)", re.IGNORECASE)
-BRACKET_GAP = 60
 
 
 class DatasetError(ValueError):
@@ -350,52 +350,6 @@ def load_dataset(root: Path, fmt: str = "auto", classes: Sequence[str] | None = 
 # -- duplicates
 
 
-class UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
-def phash(image: np.ndarray) -> int:
-    """64-bit DCT perceptual hash: robust to re-encoding, brightness shifts and resizing.
-
-    Chosen over dHash because on low-contrast textures (steel, tiles) dHash calls unrelated
-    images of different classes near-duplicates; pHash at 8 bits finds only real ones on NEU.
-    """
-    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
-    small = cv2.resize(grey.astype(np.float32), (32, 32), interpolation=cv2.INTER_AREA)
-    low = cv2.dct(small)[:8, :8].flatten()
-    bits = low > np.median(low[1:])
-    return int(np.packbits(bits).view(">u8")[0])
-
-
-def bracket_groups(names: Sequence[str], gap: int = BRACKET_GAP) -> list[list[int]]:
-    """Indices of `exp<N>_num_<frame>` names chained by frame numbers at most `gap` apart: the
-    exposures of one part. Names without that pattern are in no group."""
-    frames = sorted(
-        (int(m.group(1)), i) for i, name in enumerate(names) if (m := EXPOSURE_BRACKET.search(name))
-    )
-    groups: list[list[int]] = []
-    last: int | None = None
-    for frame, i in frames:
-        if last is not None and frame - last <= gap:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-        last = frame
-    return [sorted(g) for g in groups if len(g) > 1]
-
-
 def find_duplicates(
     samples: Sequence[Sample], max_bits: int = NEAR_DUPLICATE_BITS
 ) -> dict[str, list[list[int]]]:
@@ -411,18 +365,9 @@ def find_duplicates(
         pixel_hash[hashlib.sha256(image.tobytes()).hexdigest()].append(i)
         hashes[i] = phash(image)
     exact = [g for g in pixel_hash.values() if len(g) > 1]
-    # Union-find over near pairs, computed block-wise so memory stays small.
     near_sets = UnionFind(len(samples))
-
-    bytes_view = hashes.view(np.uint8).reshape(-1, 8)
-    for start in range(0, len(samples), 512):
-        block = bytes_view[start : start + 512]
-        xor = np.bitwise_xor(block[:, None, :], bytes_view[None, :, :])
-        dist = np.unpackbits(xor, axis=2).sum(axis=2)
-        for a, b in zip(*np.nonzero(dist <= max_bits), strict=True):
-            i, j = start + int(a), int(b)
-            if i < j:
-                near_sets.union(i, j)
+    for i, j in near_pairs(hashes, max_bits):
+        near_sets.union(i, j)
     groups: dict[int, list[int]] = defaultdict(list)
     for i in range(len(samples)):
         groups[near_sets.find(i)].append(i)

@@ -14,13 +14,13 @@ import yaml
 from training.dataset import (
     DatasetError,
     Manifest,
-    bracket_groups,
     export_yolo,
     find_duplicates,
     load_dataset,
     quality_report,
     split_dataset,
 )
+from training.hygiene import bracket_groups
 
 NEU = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
 

@@ -95,7 +95,7 @@ from training.anomaly.patchcore import (
 )
 from training.anomaly.pipeline import Trained, fit, train
 from training.anomaly.recommend import fit_all
-from training.dataset import phash
+from training.hygiene import phash
 
 __all__ = [
     "AUGMENTS",

@@ -47,7 +47,7 @@ from training.anomaly.supervised import (
     fit_head,
     out_of_fold,
 )
-from training.dataset import phash
+from training.hygiene import phash
 
 UNLABELLED = "unlabelled"  # the folder `lineinspect review export` puts unlabelled items in
 MIN_DEFECTS = 5  # fewer labelled defect images cannot train or calibrate a supervised model

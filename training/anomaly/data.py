@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import random
 from collections import Counter, defaultdict
@@ -18,7 +17,7 @@ import numpy as np
 from training.anomaly.config import IMAGE_EXTS, AnomalyDataError
 
 # one pHash, union-find and exposure-bracket rule for every split
-from training.dataset import BRACKET_GAP, EXPOSURE_BRACKET, UnionFind, phash
+from training.hygiene import BRACKET_GAP, EXPOSURE_BRACKET, TILE_NEAR_BITS, part_groups, phash
 
 
 def read_image(path: Path) -> np.ndarray | None:
@@ -127,40 +126,17 @@ def discover(data: Path, good_class: str = "auto") -> tuple[dict[str, list[Path]
     return {good_class: classes[good_class], **defects}, good_class
 
 
-# Magnetic-tile file names: `exp<exposure>_num_<frame>`; the exposures of one tile have frame
-# numbers a few dozen apart, different tiles hundreds apart (gaps <= 40 inside a tile; 60 leaves
-# a margin and still separates tiles). pHash alone misses many of these siblings.
+# Magnetic-tile file names: `exp<exposure>_num_<frame>` (see training.hygiene).
 TILE_NAME = EXPOSURE_BRACKET
 TILE_GAP = BRACKET_GAP
 
 
 def duplicate_groups(
-    hashes: Sequence[int], max_bits: int = 4, names: Sequence[str] | None = None
+    hashes: Sequence[int], max_bits: int = TILE_NEAR_BITS, names: Sequence[str] | None = None
 ) -> list[int]:
-    """Group id per image: union-find over pairs whose pHashes differ in <= max_bits bits and,
-    when `names` are given, over chains of `expN_num_M` names whose frame numbers M lie within
-    TILE_GAP of each other (the same tile shot at several exposures)."""
-    n = len(hashes)
-    sets = UnionFind(n)
-    find, union = sets.find, sets.union
-
-    arr = np.asarray(hashes, dtype=np.uint64).view(np.uint8).reshape(-1, 8)
-    for start in range(0, n, 256):
-        block = arr[start : start + 256]
-        dist = np.unpackbits(np.bitwise_xor(block[:, None, :], arr[None, :, :]), axis=2).sum(2)
-        for a, b in zip(*np.nonzero(dist <= max_bits), strict=True):
-            union(start + int(a), int(b))
-    if names is not None:
-        frames = []
-        for i, name in enumerate(names):
-            m = TILE_NAME.search(name)
-            if m:
-                frames.append((int(m.group(1)), i))
-        frames.sort()
-        for (fa, a), (fb, b) in itertools.pairwise(frames):
-            if fb - fa <= TILE_GAP:
-                union(a, b)
-    return [find(i) for i in range(n)]
+    """Group id per image: pHash near duplicates and, when `names` are given, exposure brackets
+    (the same tile shot at several exposures): training.hygiene's one rule."""
+    return part_groups(hashes, names, max_bits)
 
 
 @dataclass
