@@ -14,7 +14,7 @@ CONFIG="${LINEINSPECT_CONFIG:-deploy/demo.yaml}"
 if [ -n "${LINEINSPECT_DATA:-}" ] && [ -z "${LINEINSPECT_CONFIG:-}" ]; then
   export LINEINSPECT__CAMERAS__0__SOURCE="folder:$LINEINSPECT_DATA/neu-det/Validation_Images"
   export LINEINSPECT__CAMERAS__1__SOURCE="folder:$LINEINSPECT_DATA/neu-det/Validation_Images"
-  export LINEINSPECT__CAMERAS__2__SOURCE="folder:$LINEINSPECT_DATA/magnetic-tile/MT_Blowhole/Imgs"
+  export LINEINSPECT__CAMERAS__2__SOURCE="folder:$LINEINSPECT_DATA/magnetic-tile"
 fi
 lineinspect config validate "$CONFIG" >&2
 lineinspect serve --config "$CONFIG" &

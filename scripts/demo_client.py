@@ -20,6 +20,8 @@ sys.path.insert(0, str(ROOT))
 
 from service.config import load_settings  # noqa: E402
 
+TILE_MODEL = "mt-defect"  # the shipped magnetic-tile gate (models/mt-defect.onnx)
+
 
 def wait_ready(base: str, pid: int, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
@@ -50,6 +52,38 @@ def sample_images(data: Path, per_class: int = 2) -> list[Path]:
         if len(group) < per_class:
             group.append(path)
     return [p for group in chosen.values() for p in group]
+
+
+def tile_samples(data: Path, card: Path, good: int = 4) -> list[tuple[str, Path]]:
+    """(truth, path) of held-out magnetic tiles from the model card's test split: a few good
+    ones and one of each defect class, so the gate is seen passing as well as failing."""
+    import yaml
+
+    split = yaml.safe_load(card.read_text())["training"]["split"]
+    files = split["files"]["test"]
+    out = [("good", data / "magnetic-tile" / f) for f in files[split["good_class"]][:good]]
+    for cls, paths in files.items():
+        if cls != split["good_class"]:
+            out.append((cls.removeprefix("MT_").lower(), data / "magnetic-tile" / paths[0]))
+    return [(truth, p) for truth, p in out if p.is_file()]
+
+
+def judge_tiles(base: str, data: Path, model: str, card: Path) -> None:
+    samples = tile_samples(data, card)
+    print(f"\njudging {len(samples)} held-out magnetic tiles with {model} (good and defective):\n")
+    print(f"{'tile':<24} {'truth':<10} {'verdict':<10} {'score':>6} {'ms':>7}")
+    for truth, path in samples:
+        req = urllib.request.Request(
+            f"{base}/v1/predict?model={model}",
+            data=path.read_bytes(),
+            headers={"content-type": "image/jpeg"},
+        )
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=60) as r:
+            body = json.load(r)
+        ms = (time.perf_counter() - t0) * 1000
+        score = (body.get("anomaly") or {}).get("score", 0.0)
+        print(f"{path.name:<24} {truth:<10} {body['verdict'].upper():<10} {score:>6.3f} {ms:>7.1f}")
 
 
 def watch_line(settings: Any, base: str, seconds: float = 4.0) -> None:
@@ -125,6 +159,9 @@ def main() -> int:
             f"{path.name:<24} {body['verdict'].upper():<10} {top.get('class_name', '-'):<16} "
             f"{top.get('probability', 0):>6.3f} {ms:>7.1f}  {body['reason']}"
         )
+    gates = [m for m in settings.models if m.path.stem == TILE_MODEL]
+    if gates:
+        judge_tiles(base, data, TILE_MODEL, gates[0].path.with_suffix("").with_suffix(".card.yaml"))
     if settings.cameras:
         watch_line(settings, base)
     print(

@@ -28,5 +28,9 @@ def test_demo_command_serves_real_images() -> None:
         image, _, top = line.split()[:3]
         assert image.rsplit("_", 1)[0] == top, line
     assert "lineinspect is serving models/neu-cls-int8.onnx, models/neu-det-demo.onnx" in r.stdout
-    for model in ("neu-cls-int8", "neu-det-demo", "mt-anomaly"):
+    # the magnetic-tile gate passes good tiles and fails defective ones
+    tiles = r.stdout.split("held-out magnetic tiles", 1)[1].split("\n\n", 2)[1].splitlines()[1:]
+    verdicts = {(line.split()[1] == "good", line.split()[2]) for line in tiles if line.strip()}
+    assert (True, "PASS") in verdicts and (False, "FAIL") in verdicts, r.stdout
+    for model in ("neu-cls-int8", "neu-det-demo", "mt-defect"):
         assert f"batcher for {model} stopped" in r.stderr

@@ -149,6 +149,18 @@ class Split:
     grouped_images: int = 0
     unreadable: list[str] = field(default_factory=list)
 
+    @classmethod
+    def from_manifest(cls, root: Path, manifest: dict[str, Any]) -> Split:
+        """The split a run recorded (`split.json`, or a card's `training.split`)."""
+        rows = {
+            s: sorted((c, p) for c, paths in by_class.items() for p in paths)
+            for s, by_class in manifest["files"].items()
+        }
+        return cls(
+            root, manifest["good_class"], manifest["seed"], rows,
+            manifest.get("duplicate_groups", 0), manifest.get("images_in_groups", 0),
+        )  # fmt: skip
+
     def paths(self, split: str, label: str | None = None) -> list[Path]:
         return [self.root / p for c, p in self.rows[split] if label is None or c == label]
 

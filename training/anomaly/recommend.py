@@ -140,7 +140,6 @@ def _card(
 
 def fit_all(cfg: AnomalyConfig) -> dict[str, Any]:
     """Train, compare and recommend; returns the run's summary (also written as JSON)."""
-    from training import report as rp
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
     out = Path(cfg.out)
@@ -160,7 +159,6 @@ def fit_all(cfg: AnomalyConfig) -> dict[str, Any]:
     cfg = replace(cfg, good_class=split.good_class)
     good = cfg.good_class
     val_labels = np.asarray(split.labels("val"))
-    test_labels = np.asarray(split.labels("test"))
 
     try:
         sup = fit_supervised(split, cfg)
@@ -192,6 +190,49 @@ def fit_all(cfg: AnomalyConfig) -> dict[str, Any]:
                describe(cfg, "hybrid")),
     ]  # fmt: skip
 
+    context = RunContext(
+        out=out,
+        name=name,
+        report_dir=report_dir,
+        labelled=jsonable_stats(sup),
+        train_counts=dict(Counter(sup.labelled.labels)),
+        notes=list(sup.labelled.notes),
+        hybrid_stats=stats,
+        parity={"supervised": sup_parity, "hybrid": hyb_parity},
+        cpu0=cpu0,
+        wall0=wall0,
+    )
+    return recommend(cfg, split, candidates, context)
+
+
+@dataclass
+class RunContext:
+    """What the final step needs besides the candidates: where to write, and what to record."""
+
+    out: Path
+    name: str
+    report_dir: Path
+    labelled: dict[str, Any]
+    train_counts: dict[str, int]
+    notes: list[str]
+    hybrid_stats: dict[str, float]
+    parity: dict[str, float]
+    cpu0: float = 0.0
+    wall0: float = 0.0
+
+
+def recommend(
+    cfg: AnomalyConfig, split: Split, candidates: list[Scored], ctx: RunContext
+) -> dict[str, Any]:
+    """Choose on validation, measure every candidate on test, write the cards, the recommended
+    model (`ctx.out`), the report comparing them and summary.json."""
+    from training import report as rp
+
+    good = cfg.good_class
+    out, name, report_dir = ctx.out, ctx.name, ctx.report_dir
+    val_labels = np.asarray(split.labels("val"))
+    test_labels = np.asarray(split.labels("test"))
+
     def as_candidates(split_name: str, labels: np.ndarray) -> list[Any]:
         return [
             rp.Candidate(c.name, c.scores[split_name], labels, c.calibration["threshold"])
@@ -213,7 +254,6 @@ def fit_all(cfg: AnomalyConfig) -> dict[str, Any]:
             "val": split_metrics(list(val_labels), c.scores["val"], good, thr, norm, cfg.band),
             "test": split_metrics(list(test_labels), c.scores["test"], good, thr, norm, cfg.band),
         }
-    parity = {"supervised": sup_parity, "hybrid": hyb_parity}
     training = {
         "method": best.method,
         "command": cfg.command,
@@ -225,8 +265,8 @@ def fit_all(cfg: AnomalyConfig) -> dict[str, Any]:
             for c in candidates
         },
         "choice": f"{chosen_on_val.recommended}: {chosen_on_val.reason} (chosen on validation)",
-        "labelled": jsonable_stats(sup),
-        "hybrid_stats": stats,
+        "labelled": ctx.labelled,
+        "hybrid_stats": ctx.hybrid_stats,
         "calibration": {**best.calibration, "target_miss": cfg.target_miss},
         "split": split.manifest(),
     }
@@ -254,14 +294,14 @@ def fit_all(cfg: AnomalyConfig) -> dict[str, Any]:
             best.calibration["threshold"]
             + cfg.band * (best.calibration["max"] - best.calibration["min"]),
         ),
-        train_counts=dict(Counter(sup.labelled.labels)),
-        extra_tables=[on_test.table()],
+        train_counts=ctx.train_counts,
+        extra_tables=[on_test.table(mark=False)],
         comparison=chosen_on_val,
         score_name="raw score",
         notes=[
             "Chosen on validation (each model's calibration scores); the test table shows every "
             "candidate on the held-out test parts, measured once.",
-            *sup.labelled.notes,
+            *ctx.notes,
         ],
     )
     summary = {
@@ -270,12 +310,12 @@ def fit_all(cfg: AnomalyConfig) -> dict[str, Any]:
         "reason": chosen_on_val.reason,
         "candidates": {c.name: str(c.path) for c in candidates},
         "metrics": metrics_of,
-        "parity_max_abs_diff": parity,
+        "parity_max_abs_diff": ctx.parity,
         "served": served,
         "report": str(written.markdown),
-        "cpu_s_total": round(time.process_time() - cpu0, 1),
-        "wall_s_total": round(time.perf_counter() - wall0, 1),
-        "labelled": jsonable_stats(sup),
+        "cpu_s_total": round(time.process_time() - ctx.cpu0, 1),
+        "wall_s_total": round(time.perf_counter() - ctx.wall0, 1),
+        "labelled": ctx.labelled,
     }
     (report_dir / "summary.json").write_text(json.dumps(_jsonable(summary), indent=1))
     np.savez(

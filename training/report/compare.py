@@ -41,9 +41,10 @@ class Comparison:
     def defect_classes(self) -> list[str]:
         return next(iter(self.metrics.values())).defect_classes
 
-    def table(self) -> Table:
+    def table(self, mark: bool = True) -> Table:
+        """One row per candidate; `mark=False` for a split that must not choose (test)."""
         header = ["model", "AUROC", "miss rate", "false-reject rate"]
-        header += [f"AUROC `{c}`" for c in self.defect_classes] + ["recommended"]
+        header += [f"AUROC `{c}`" for c in self.defect_classes] + (["recommended"] if mark else [])
         rows: list[list[str | int | float | None]] = []
         for name, m in self.metrics.items():
             rows.append(
@@ -53,10 +54,12 @@ class Comparison:
                     percent(m.miss_rate),
                     percent(m.false_reject_rate),
                     *(m.per_class[c].auroc for c in self.defect_classes),
-                    "★ " + self.reason if name == self.recommended else "",
+                    *((["★ " + self.reason if name == self.recommended else ""]) if mark else []),
                 ]
             )
         caption = f"candidates on the same {self.split} parts, each at its own threshold"
+        if not mark:
+            caption += " (measured once, after the choice; not used to choose)"
         return Table(header, rows, caption)
 
 
@@ -100,7 +103,8 @@ def compare_candidates(
         value = metrics[name].false_reject_rate
         return 1.0 if value is None else value
 
-    eligible = [n for n in metrics if miss_of(n) <= max_miss]
+    # a miss rate of 5/100 computes as 0.05000000000000004: compare with a tolerance
+    eligible = [n for n in metrics if miss_of(n) <= max_miss + 1e-9]
     limit = percent(max_miss, 0)
     if eligible:
         best = min(eligible, key=lambda n: (fr_of(n), -auroc_of(n)))
