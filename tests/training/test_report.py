@@ -261,6 +261,18 @@ def test_comparison_recommends_lowest_false_reject_among_those_meeting_miss() ->
     assert marked == ["balanced"]
 
 
+def test_comparison_counts_a_miss_rate_at_the_target_as_meeting_it() -> None:
+    # 5 of 100 defects passed is 0.05 exactly, however the rate is computed (1 - 0.95 is not)
+    y = np.array(["good"] * 20 + ["crack"] * 100)
+    scores = np.r_[np.linspace(0, 0.4, 20), np.full(5, 0.45), np.linspace(0.6, 1, 95)]
+    a = report.Candidate("at-target", scores, y, 0.5)
+    b = report.Candidate("missing-more", scores, y, 0.7)
+    cmp = report.compare_candidates([a, b], good_class="good")
+    assert cmp.recommended == "at-target" and "the only one with miss rate ≤ 5 %" in cmp.reason
+    unmarked = cmp.table(mark=False)
+    assert "recommended" not in unmarked.header and "not used to choose" in unmarked.caption
+
+
 def test_comparison_without_a_candidate_meeting_miss_picks_best_auroc() -> None:
     y = ["good"] * 4 + ["crack"] * 4
     a = report.Candidate("a", [0, 0.1, 0.2, 0.9, 0.3, 0.4, 0.8, 1.0], y, 0.95)
