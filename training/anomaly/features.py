@@ -73,6 +73,19 @@ def _detector_backbone(weights: Path) -> EfficientNetLite0:
     return first.float()
 
 
+def frozen_trunk(backbone: nn.Module, last: int) -> tuple[nn.Sequential, nn.ModuleList]:
+    """EfficientNet's stem and its blocks 0..last, frozen, in eval mode."""
+    # nn.Module types its attributes Tensor | Module; these are EfficientNet's layers.
+    stem_conv, bn = cast(nn.Module, backbone._conv_stem), cast(nn.Module, backbone._bn0)
+    stem = nn.Sequential(stem_conv, bn, nn.ReLU6())
+    blocks = nn.ModuleList(list(cast(nn.ModuleList, backbone._blocks))[: last + 1])
+    for part in (stem, blocks):
+        part.eval()
+        for p in part.parameters():
+            p.requires_grad_(False)
+    return stem, blocks
+
+
 class PatchFeatures(nn.Module):
     """Stem + MBConv blocks up to the deepest chosen one -> locally aggregated patch features
     (B, D, h, w) on the grid of the shallowest chosen block."""
@@ -80,14 +93,8 @@ class PatchFeatures(nn.Module):
     def __init__(self, backbone: nn.Module, layers: Sequence[int]) -> None:
         super().__init__()
         self.layers = tuple(sorted(layers))
-        # nn.Module types its attributes Tensor | Module; these are EfficientNet's layers.
-        stem, bn = cast(nn.Module, backbone._conv_stem), cast(nn.Module, backbone._bn0)
-        self.stem = nn.Sequential(stem, bn, nn.ReLU6())
-        blocks = cast(nn.ModuleList, backbone._blocks)
-        self.blocks = nn.ModuleList(list(blocks)[: self.layers[-1] + 1])
+        self.stem, self.blocks = frozen_trunk(backbone, self.layers[-1])
         self.eval()
-        for p in self.parameters():
-            p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.stem(x)

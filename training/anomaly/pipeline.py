@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.anomaly.config import MAP_NAME, MEAN, SCORE_NAME, STD, AnomalyConfig, AnomalyDataError
-from training.anomaly.data import Split, discover, make_split, read_image, resolve_data_root
+from training.anomaly.card import write_anomaly_card
+from training.anomaly.config import AnomalyConfig, AnomalyDataError
+from training.anomaly.data import Split, discover, make_split, resolve_data_root
 from training.anomaly.evaluate import (
     _jsonable,
     _round,
@@ -33,6 +33,7 @@ from training.anomaly.export import (
 )
 from training.anomaly.features import PatchFeatures, load_backbone, preprocess_spec
 from training.anomaly.patchcore import PatchCoreModel, build_bank, make_model, store_bank
+from training.cards import environment
 
 # one pHash, union-find and exposure-bracket rule for every split
 
@@ -165,16 +166,6 @@ def fit(cfg: AnomalyConfig) -> Trained:
     wall_total = time.perf_counter() - wall0
     onnx_bytes = out.stat().st_size
 
-    from training import cards
-
-    images_stats = [cards.image_stats(read_image(p)) for p in split.paths("val")]  # type: ignore[arg-type]
-    by_class: dict[str, list[float]] = defaultdict(list)
-    for c, s in zip(val_labels, norm(val_scores).tolist(), strict=True):
-        by_class["good" if c == cfg.good_class else c].append(s)
-    verdict_mix = Counter(
-        "fail" if s >= 0.5 + cfg.band else "uncertain" if s >= 0.5 - cfg.band else "pass"
-        for s in norm(val_scores).tolist()
-    )
     timing = {
         "cpu_s_total": round(cpu_total, 1),
         "wall_s_total": round(wall_total, 1),
@@ -193,7 +184,7 @@ def fit(cfg: AnomalyConfig) -> Trained:
         + ", bilinear upsampling, Gaussian smoothing, score = "
         + (f"mean of the top {cfg.topk} patch distances" if cfg.topk > 1 else "max of the map"),
         "command": cfg.command,
-        "environment": cards.environment(),
+        "environment": environment(),
         "data": str(root),
         "config": _jsonable(asdict(cfg)),
         "bank": {
@@ -211,27 +202,7 @@ def fit(cfg: AnomalyConfig) -> Trained:
         "fp16_bank_cost": fp16_cost,
         "onnx_bytes": onnx_bytes,
     }
-    cards.write_card(
-        out,
-        name=name,
-        version=cfg.version,
-        task="anomaly",
-        classes=["anomaly"],
-        input={
-            "size": list(cfg.image_size),
-            "resize": cfg.resize,
-            "color": "rgb",
-            "scale": 1.0 / 255.0,
-            "mean": MEAN,
-            "std": STD,
-        },
-        output={"score": SCORE_NAME, "map": MAP_NAME},
-        anomaly={"threshold": thr, "min": lo, "max": hi},
-        thresholds={"default": 0.5, "band": cfg.band},
-        metrics=_jsonable(metrics),
-        training=training_section,
-        reference=cards.reference_section(images_stats, by_class, dict(verdict_mix), split="val"),
-    )
+    write_anomaly_card(out, name, cfg, split, cal, val_scores, metrics, training_section)
     served = serve_check(out, split, cfg.good_class)
     report = {
         "onnx": str(out),

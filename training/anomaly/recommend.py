@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,8 @@ from training.anomaly.candidates import (
     jsonable_stats,
     val_rows,
 )
-from training.anomaly.config import MAP_NAME, MEAN, SCORE_NAME, STD, AnomalyConfig, AnomalyDataError
+from training.anomaly.card import normaliser, write_anomaly_card
+from training.anomaly.config import SCORE_NAME, AnomalyConfig, AnomalyDataError
 from training.anomaly.data import Split, read_image
 from training.anomaly.evaluate import _jsonable, calibrate, split_metrics
 from training.anomaly.export import export_onnx, onnx_scores, onnx_session, serve_check
@@ -47,11 +48,6 @@ class Scored:
     scores: dict[str, np.ndarray]
     calibration: dict[str, float]
     method: str
-
-
-def _norm(cal: dict[str, float]) -> Any:
-    thr, lo, hi = cal["threshold"], cal["min"], cal["max"]
-    return lambda raw: np.clip((raw - thr) / (hi - lo) + 0.5, 0.0, 1.0)
 
 
 def _parity(model: nn.Module, session: Any, split: Split, cfg: AnomalyConfig) -> float:
@@ -90,52 +86,6 @@ def _export_and_score(
         f"scoring test ({path.stem})",
     )
     return test, _parity(model, session, split, cfg)
-
-
-def _card(
-    scored: Scored,
-    out: Path,
-    name: str,
-    cfg: AnomalyConfig,
-    split: Split,
-    metrics: dict[str, Any],
-    training: dict[str, Any],
-) -> None:
-    from training import cards
-
-    norm = _norm(scored.calibration)
-    val_labels = split.labels("val")
-    val_scores = scored.scores["val"]
-    stats = [cards.image_stats(read_image(p)) for p in split.paths("val")]  # type: ignore[arg-type]
-    by_class: dict[str, list[float]] = defaultdict(list)
-    for c, s in zip(val_labels, norm(val_scores).tolist(), strict=True):
-        by_class["good" if c == cfg.good_class else c].append(s)
-    mix = Counter(
-        "fail" if s >= 0.5 + cfg.band else "uncertain" if s >= 0.5 - cfg.band else "pass"
-        for s in norm(val_scores).tolist()
-    )
-    cal = scored.calibration
-    cards.write_card(
-        out,
-        name=name,
-        version=cfg.version,
-        task="anomaly",
-        classes=["anomaly"],
-        input={
-            "size": list(cfg.image_size),
-            "resize": cfg.resize,
-            "color": "rgb",
-            "scale": 1.0 / 255.0,
-            "mean": MEAN,
-            "std": STD,
-        },
-        output={"score": SCORE_NAME, "map": MAP_NAME},
-        anomaly={"threshold": cal["threshold"], "min": cal["min"], "max": cal["max"]},
-        thresholds={"default": 0.5, "band": cfg.band},
-        metrics=_jsonable(metrics),
-        training=_jsonable(training),
-        reference=cards.reference_section(stats, by_class, dict(mix), split="val"),
-    )
 
 
 def fit_all(cfg: AnomalyConfig) -> dict[str, Any]:
@@ -248,7 +198,7 @@ def recommend(
     best = next(c for c in candidates if c.name == chosen_on_val.recommended)
     metrics_of: dict[str, dict[str, Any]] = {}
     for c in candidates:
-        norm = _norm(c.calibration)
+        norm = normaliser(c.calibration)
         thr = c.calibration["threshold"]
         metrics_of[c.name] = {
             "val": split_metrics(list(val_labels), c.scores["val"], good, thr, norm, cfg.band),
@@ -271,12 +221,15 @@ def recommend(
         "split": split.manifest(),
     }
     for c in candidates[1:]:  # the anomaly model's card is written by its own run
-        _card(
-            c, c.path, c.path.stem, cfg, split, metrics_of[c.name], {**training, "method": c.method}
-        )
+        write_anomaly_card(
+            c.path, c.path.stem, cfg, split, c.calibration, c.scores["val"], metrics_of[c.name],
+            {**training, "method": c.method},
+        )  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(best.path, out)
-    _card(best, out, name, cfg, split, metrics_of[best.name], training)
+    write_anomaly_card(
+        out, name, cfg, split, best.calibration, best.scores["val"], metrics_of[best.name], training
+    )
     served = serve_check(out, split, good)
     written = rp.write_binary_report(
         report_dir,

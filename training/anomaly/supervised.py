@@ -22,14 +22,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from training.anomaly.features import InputNorm
+from training.anomaly.features import InputNorm, frozen_trunk
 
 
 class Taps(nn.Module):
@@ -47,14 +46,8 @@ class Taps(nn.Module):
         self.layers = tuple(sorted(layers))
         self.grid_stride = int(grid_stride)
         self.max_pool = bool(max_pool)
-        # nn.Module types its attributes Tensor | Module; these are EfficientNet's layers.
-        stem, bn = cast(nn.Module, backbone._conv_stem), cast(nn.Module, backbone._bn0)
-        self.stem = nn.Sequential(stem, bn, nn.ReLU6())
-        blocks = cast(nn.ModuleList, backbone._blocks)
-        self.blocks = nn.ModuleList(list(blocks)[: self.layers[-1] + 1])
+        self.stem, self.blocks = frozen_trunk(backbone, self.layers[-1])
         self.eval()
-        for p in self.parameters():
-            p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grid = (x.shape[-2] // self.grid_stride, x.shape[-1] // self.grid_stride)
