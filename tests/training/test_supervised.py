@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -135,3 +136,24 @@ def test_bad_input_is_one_line(
     assert code == 2
     _one_line(err)
     assert "does not exist" in err
+
+
+def test_quick_and_limits_make_a_ci_sized_config(data_dir: Path) -> None:
+    from service.cli import build_parser
+    from training.commands.anomaly import build_config
+
+    def config(*argv: str) -> Any:
+        return build_config(build_parser().parse_args(["train", "anomaly", *argv]))
+
+    quick = config("--quick")
+    assert (quick.image_size, quick.max_good, quick.max_defects) == ((128, 128), 60, 6)
+    assert (quick.calib_per_class, quick.topk, quick.folds) == (3, 3, 3)
+    limited = config("--quick", "--image-size", "256", "--limit-per-class", "10")
+    assert (limited.image_size, limited.max_defects, limited.topk) == ((256, 256), 10, 3)
+    full = config()
+    assert (full.image_size, full.max_good, full.topk, full.calib_per_class) == (
+        (512, 512),
+        None,
+        20,
+        20,
+    )

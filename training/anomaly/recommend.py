@@ -51,8 +51,7 @@ class Scored:
 
 
 def _parity(model: nn.Module, session: Any, split: Split, cfg: AnomalyConfig) -> float:
-    """Largest |PyTorch - ONNX Runtime| score over a few test images, relative to nothing:
-    the caller compares it with the score range."""
+    """Largest |PyTorch - ONNX Runtime| score over a few test images (raw units)."""
     spec = preprocess_spec(cfg)
     paths = split.paths("test")[:: max(1, len(split.paths("test")) // 6)][:6]
     from service.inference.preprocess import preprocess
@@ -149,6 +148,7 @@ def fit_all(cfg: AnomalyConfig) -> dict[str, Any]:
         notes=list(sup.labelled.notes),
         hybrid_stats=stats,
         parity={"supervised": sup_parity, "hybrid": hyb_parity},
+        anomaly_parity_ok=bool(anomaly.report["parity"]["ok"]),
         cpu0=cpu0,
         wall0=wall0,
     )
@@ -167,6 +167,7 @@ class RunContext:
     notes: list[str]
     hybrid_stats: dict[str, float]
     parity: dict[str, float]
+    anomaly_parity_ok: bool = True
     cpu0: float = 0.0
     wall0: float = 0.0
 
@@ -264,6 +265,14 @@ def recommend(
         "candidates": {c.name: str(c.path) for c in candidates},
         "metrics": metrics_of,
         "parity_max_abs_diff": ctx.parity,
+        # the exported graph must score as the PyTorch model did: 1e-4 of the calibration range
+        "parity_ok": ctx.anomaly_parity_ok
+        and all(
+            diff <= 1e-4 * (c.calibration["max"] - c.calibration["min"])
+            for c in candidates
+            for key, diff in ctx.parity.items()
+            if c.name == key
+        ),
         "served": served,
         "report": str(written.markdown),
         "cpu_s_total": round(time.process_time() - ctx.cpu0, 1),

@@ -179,11 +179,11 @@ def build_config(args: argparse.Namespace) -> Any:
     )  # fmt: skip
     if args.quick:
         cfg.bank_size, cfg.max_good, cfg.max_defects = 500, 60, 6
+        cfg.calib_per_class, cfg.topk, cfg.sup_epochs, cfg.folds = 3, 3, 10, 3
     if args.limit_good:
         cfg.max_good = args.limit_good
     if args.limit_per_class:
         cfg.max_defects = args.limit_per_class
-        cfg.calib_per_class, cfg.topk, cfg.sup_epochs, cfg.folds = 3, 3, 10, 3
     return cfg
 
 
@@ -246,9 +246,15 @@ def run_command(args: argparse.Namespace) -> int:
         if cfg.mode == "good-only":
             report = train(cfg)
             _print_good_only(report)
+            if not report["parity"]["ok"]:
+                return fail("ONNX and PyTorch scores differ by more than 1e-4 of the score range")
         else:
             summary = fit_all(cfg)
             _print_all(summary)
+            if not summary.get("parity_ok", True):
+                return fail(
+                    f"the ONNX files score unlike PyTorch: {summary['parity_max_abs_diff']}"
+                )
         print(f"CPU time: {budget.format_duration(time.process_time() - started)}", file=sys.stderr)
     except AnomalyDataError as exc:
         return fail(str(exc))
