@@ -157,3 +157,20 @@ def test_quick_and_limits_make_a_ci_sized_config(data_dir: Path) -> None:
         20,
         20,
     )
+
+
+@pytest.mark.parametrize(
+    ("mode", "augment", "passes"),
+    [
+        ("good-only", "", 0.7 * 100 + 0.6 * 100),  # bank of the good share, then val + test
+        ("good-only", "hvt", 0.7 * 100 * 4 + 0.6 * 100),  # each flip is one more pass
+        ("all", "", 0.7 * 100 + 0.6 * 100 + 0.85 * 100 + 0.9 * 100),  # + labelled set, 3 scorings
+    ],
+)
+def test_image_passes_count_what_a_run_computes(mode: str, augment: str, passes: float) -> None:
+    from types import SimpleNamespace
+
+    from training.commands.anomaly import image_passes
+
+    cfg = SimpleNamespace(mode=mode, augment=augment)
+    assert image_passes(cfg, 100) == pytest.approx(passes)

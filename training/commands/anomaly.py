@@ -238,8 +238,8 @@ def run_command(args: argparse.Namespace) -> int:
             if cost > args.budget_minutes * 60:
                 print(
                     f"warning: above --budget-minutes {args.budget_minutes:g}; to fit, try "
-                    "--image-size 256 (about 4x cheaper), --mode good-only, --augment none, or "
-                    "more --threads",
+                    "--image-size 256 (about 4x cheaper), --mode good-only or --augment none "
+                    "(more --threads shortens the wall time, not the CPU time)",
                     file=sys.stderr,
                 )
         started = time.process_time()
