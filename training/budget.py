@@ -1,18 +1,32 @@
 """How long a training run will take: the estimate before it starts and the ETA while it runs.
 
-Pure functions only (no torch, no clock reads): the trainers time a few real steps and the
-epochs themselves and hand the numbers in, so every rule here is table-tested
-(tests/training/test_budget.py).
+The rules are pure functions (no torch, no clock reads): the trainers time a few real steps
+(`best_step_seconds`, the one timer they share) and the epochs themselves and hand the numbers
+in, so every rule here is table-tested (tests/training/test_budget.py).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 BUDGET_SECONDS = 3600.0  # above about an hour of CPU a run gets a warning before it starts
+
+
+def best_step_seconds(step: Callable[[], object], steps: int = 1) -> tuple[float, float]:
+    """(CPU, wall) seconds of the fastest of `steps` runs of `step`, after one warm-up run (the
+    first run allocates and warms caches)."""
+    best_cpu = best_wall = float("inf")
+    for i in range(steps + 1):
+        cpu, wall = time.process_time(), time.perf_counter()
+        step()
+        if i:
+            best_cpu = min(best_cpu, time.process_time() - cpu)
+            best_wall = min(best_wall, time.perf_counter() - wall)
+    return best_cpu, best_wall
 
 
 def plural(n: int, word: str) -> str:

@@ -254,15 +254,13 @@ def probe_step_seconds(
     b = max(2, min(cfg.batch_size, probe_batch))
     x = torch.rand(b, 3, cfg.image_size, cfg.image_size)
     y = torch.arange(b) % num_classes
-    best_cpu = best_wall = float("inf")
-    for i in range(steps + 1):
-        cpu, wall = time.process_time(), time.perf_counter()
+
+    def step() -> None:
         optimiser.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()  # type: ignore[no-untyped-call]
         optimiser.step()
-        if i:  # the first step allocates and warms caches
-            best_cpu = min(best_cpu, time.process_time() - cpu)
-            best_wall = min(best_wall, time.perf_counter() - wall)
+
+    best_cpu, best_wall = budget.best_step_seconds(step, steps)
     scale = cfg.batch_size / b
     return best_cpu * scale, best_wall * scale
 

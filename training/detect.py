@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from training import cards
+from training import budget, cards
 
 if TYPE_CHECKING:
     from service.inference.model import Model
@@ -424,16 +424,14 @@ def probe_step_seconds(
         "cls": (torch.arange(n) % classes).float()[:, None],
         "bboxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]]).repeat(n, 1),
     }
-    best_cpu = best_wall = float("inf")
-    for i in range(steps + 1):
-        cpu, wall = time.process_time(), time.perf_counter()
+
+    def step() -> None:
         optimiser.zero_grad()
         loss, _ = model.loss(batch)
         loss.sum().backward()
         optimiser.step()
-        if i:  # the first step allocates and warms caches
-            best_cpu = min(best_cpu, time.process_time() - cpu)
-            best_wall = min(best_wall, time.perf_counter() - wall)
+
+    best_cpu, best_wall = budget.best_step_seconds(step, steps)
     scale = cfg.batch / b
     return best_cpu * scale, best_wall * scale
 

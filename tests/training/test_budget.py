@@ -157,3 +157,18 @@ def test_model_alternatives(model: str, expected: dict[str, float]) -> None:
     assert got.keys() == expected.keys()
     for name, ratio in expected.items():
         assert got[name] == pytest.approx(ratio)
+
+
+def test_best_step_seconds_leaves_the_warm_up_out() -> None:
+    import time
+
+    calls: list[int] = []
+
+    def step() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(0.2)  # the first run allocates: it must not count
+
+    cpu, wall = budget.best_step_seconds(step, steps=2)
+    assert len(calls) == 3
+    assert 0 <= wall < 0.1 and 0 <= cpu < 0.1

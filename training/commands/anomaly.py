@@ -201,6 +201,7 @@ def estimate(cfg: Any) -> float:
     """CPU seconds of the run: one timed backbone pass at the input size times the passes."""
     import torch
 
+    from training import budget
     from training.anomaly import PatchFeatures, discover, load_backbone, resolve_data_root
 
     classes, _ = discover(resolve_data_root(Path(cfg.data)), cfg.good_class)
@@ -212,10 +213,7 @@ def estimate(cfg: Any) -> float:
     net = PatchFeatures(load_backbone(cfg.backbone), (deepest,))
     x = torch.zeros(1, 3, *cfg.image_size)
     with torch.no_grad():
-        net(x)  # the first pass allocates
-        t = time.process_time()
-        net(x)
-        per = time.process_time() - t
+        per, _ = budget.best_step_seconds(lambda: net(x))
     # PatchCore's nearest-neighbour search costs about as much as the backbone at these sizes
     return per * image_passes(cfg, n) * 2.0
 
