@@ -99,21 +99,25 @@ def extra_labelled(
     return paths, labels, notes
 
 
+def _phash_of(path: Path) -> int:
+    image = read_image(path)
+    if image is None:
+        raise AnomalyDataError(f"unreadable image {path}: fix or remove it")
+    return phash(image)
+
+
 def labelled_set(split: Split, cfg: AnomalyConfig, extra: Sequence[Path] = ()) -> Labelled:
     """Good parts of train + val, the val (calibration) defects, and `extra` folders."""
     good = cfg.good_class
-    rows = [(c, split.root / p) for s in ("train", "val") for c, p in split.rows[s]]
-    paths = [p for _, p in rows]
+    rows = [(c, p) for s in ("train", "val") for c, p in split.rows[s]]
+    paths = [split.root / p for _, p in rows]
     labels = [c for c, _ in rows]
+    # the split hashed its images already; a split read back from a manifest did not
+    hashes = [split.hashes[p] if p in split.hashes else _phash_of(split.root / p) for _, p in rows]
     more_paths, more_labels, notes = extra_labelled(extra, good)
     paths += more_paths
     labels += more_labels
-    hashes = []
-    for p in paths:
-        image = read_image(p)
-        if image is None:
-            raise AnomalyDataError(f"unreadable image {p}: fix or remove it")
-        hashes.append(phash(image))
+    hashes += [_phash_of(path) for path in more_paths]
     groups = np.asarray(duplicate_groups(hashes, names=[p.name for p in paths]))
     data = Labelled(paths, labels, groups, notes)
     n_def = data.defects(good)

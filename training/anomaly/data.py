@@ -148,6 +148,9 @@ class Split:
     groups: int = 0
     grouped_images: int = 0
     unreadable: list[str] = field(default_factory=list)
+    # pHash per image (path relative to root), as make_split computed it; empty for a split read
+    # back from a manifest
+    hashes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_manifest(cls, root: Path, manifest: dict[str, Any]) -> Split:
@@ -267,7 +270,10 @@ def make_split(
     if not any(c == good_class for c, _ in rows["train"]):
         raise AnomalyDataError("too few good images to build a memory bank")
     grouped = [g for g in members.values() if len(g) > 1]
-    return Split(root, good_class, seed, rows, len(grouped), sum(map(len, grouped)), unreadable)
+    known = {str(p.relative_to(root)): h for (_, p), h in zip(kept, hashes, strict=True)}
+    return Split(
+        root, good_class, seed, rows, len(grouped), sum(map(len, grouped)), unreadable, known
+    )
 
 
 def _progress(

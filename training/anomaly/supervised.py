@@ -19,7 +19,6 @@ cached features and takes seconds:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -246,12 +245,3 @@ class SupervisedModel(nn.Module):
         z = torch.where(v, z, low)
         amap = F.interpolate(z, size=self.image_size, mode="bilinear", align_corners=False)
         return score, amap
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    out: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
-    return out
-
-
-def grid_of(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
-    return math.ceil(image_size[0] / stride), math.ceil(image_size[1] / stride)
