@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def data_root() -> Path:
-    """`LINEINSPECT_DATA`, else `../shared/data` beside the checkout."""
-    return Path(os.environ.get("LINEINSPECT_DATA", REPO.parent / "shared" / "data")).resolve()
+    """`LINEINSPECT_DATA`, else `../shared/data` beside the checkout (service.paths)."""
+    from service.paths import data_root as shared_data_root
+
+    return shared_data_root().resolve()
 
 
 @pytest.fixture(scope="session")

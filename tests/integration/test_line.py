@@ -273,10 +273,10 @@ def test_hot_reload_keeps_every_verdict(
 
 @pytest.mark.faults
 def test_stream_source_that_disappears_is_recovered(
-    serve: Serve, broker: Broker, plc: Plc, tmp_path: Path, neu_images: list[Path]
+    serve: Serve, broker: Broker, plc: Plc, tmp_path: Path, data_dir: Path
 ) -> None:
     """A truncated video file: the camera reports it, keeps retrying, recovers when it is whole."""
-    video = REPO.parent / "shared" / "data" / "video" / "checkweigher_conveyor_h264_1280x720.mp4"
+    video = data_dir / "video" / "checkweigher_conveyor_h264_1280x720.mp4"
     if not video.exists():
         pytest.fail(f"conveyor video missing: {video}")
     clip = tmp_path / "clip.mp4"

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from service import paths
+
 EXIT_USAGE = 2
-REPO = Path(__file__).resolve().parents[2]
-DATA_ENV = "LINEINSPECT_DATA"
+DATA_ENV = paths.DATA_ENV
 
 # Modules each command needs, and the extra that installs them.
 TRAIN_MODULES = ("torch", "albumentations", "efficientnet_lite_pytorch",
@@ -55,8 +55,7 @@ def missing_extra(modules: Sequence[str], extra: str) -> str | None:
 def sample_data(name: str) -> Path:
     """The sample data set `name`: under $LINEINSPECT_DATA, else ../shared/data beside the
     repository (the real images the tests and the shipped models use)."""
-    root = os.environ.get(DATA_ENV)
-    return (Path(root) if root else REPO.parent / "shared" / "data") / name
+    return paths.data_root() / name
 
 
 def data_help(what: str, sample: str) -> str:
