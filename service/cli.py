@@ -27,7 +27,7 @@ EXIT_USAGE = 2
 TRAIN_COMMANDS = ("classify", "detect", "anomaly")
 
 
-def _setup_logging(level: str) -> None:
+def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -57,7 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.app import LineInspect
 
     settings = _settings(args)
-    _setup_logging(settings.logging.level)
+    setup_logging(settings.logging.level)
     service = LineInspect(settings)
     t0 = time.perf_counter()
     try:

@@ -1,8 +1,8 @@
 """Benchmark: raw ONNX Runtime `session.run` vs lineinspect's in-process predict vs the whole
 `POST /v1/predict` round trip, on the same model and the same real image, printed as ratios.
 
-    python scripts/bench_predict.py                        # demo model, a NEU image
-    python scripts/bench_predict.py --model M.onnx --image I.jpg --n 500 --clients 1,4,16
+    python -m scripts.bench.predict                        # demo model, a NEU image
+    python -m scripts.bench.predict --model M.onnx --image I.jpg --n 500 --clients 1,4,16
 
 Latencies are per image. The HTTP server runs as a separate `lineinspect serve` process on
 loopback; the load generator shares the machine's cores with it, as it would on an edge box.
@@ -12,30 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from service.imageio import decode_image  # noqa: E402
-from service.inference.model import load_model  # noqa: E402
-from service.inference.runtime import RuntimeOptions, import_onnxruntime  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "scripts"))
-from load_predict import start_server, stop_server  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
+from scripts.harness import REPO, data_root, pct, start_server, stop_server
+from service.imageio import decode_image
+from service.inference.model import load_model
+from service.inference.runtime import RuntimeOptions, import_onnxruntime
 
 
 def timed(fn: Callable[[], object], n: int, warmup: int = 20) -> list[float]:
@@ -52,8 +40,8 @@ def timed(fn: Callable[[], object], n: int, warmup: int = 20) -> list[float]:
 def row(name: str, lat: list[float], wall: float, count: int) -> dict[str, float | str]:
     return {
         "path": name,
-        "p50_ms": percentile(lat, 50) * 1000,
-        "p99_ms": percentile(lat, 99) * 1000,
+        "p50_ms": pct(lat, 50) * 1000,
+        "p99_ms": pct(lat, 99) * 1000,
         "mean_ms": statistics.fmean(lat) * 1000,
         "throughput_per_s": count / wall,
     }
@@ -91,12 +79,13 @@ def http_load(url: str, data: bytes, clients: int, total: int) -> tuple[list[flo
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m scripts.bench.predict",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "neu-cls-demo.onnx")
-    data_root = Path(os.environ.get("LINEINSPECT_DATA", ROOT.parent / "shared" / "data"))
+    parser.add_argument("--model", type=Path, default=REPO / "models" / "neu-cls-demo.onnx")
     parser.add_argument(
-        "--image", type=Path, default=data_root / "neu-det" / "IMAGES" / "scratches_1.jpg"
+        "--image", type=Path, default=data_root() / "neu-det" / "IMAGES" / "scratches_1.jpg"
     )
     parser.add_argument("--n", type=int, default=500, help="measured iterations per path")
     parser.add_argument("--clients", default="1,4,16", help="HTTP concurrency levels")

@@ -1,7 +1,7 @@
 """Benchmark the line against raw ONNX Runtime on the same model, input size and frames.
 
-    python scripts/bench_line.py                                   # demo model, conveyor video
-    python scripts/bench_line.py --model models/neu-det-demo.onnx --source ../shared/data/video/cctv_box_conveyor_hevc_720x720.mp4
+    python -m scripts.bench.line                                   # demo model, conveyor video
+    python -m scripts.bench.line --model models/neu-det-demo.onnx --source ../shared/data/video/cctv_box_conveyor_hevc_720x720.mp4
 
 Prints, side by side from one run:
 - raw: `session.run` on frames preprocessed beforehand (batch 1), the ceiling for one stream;
@@ -17,93 +17,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import cv2
-import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from service.app import LineInspect  # noqa: E402
-from service.config import load_settings  # noqa: E402
-from service.inference.model import load_model  # noqa: E402
-from service.inference.runtime import RuntimeOptions  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\n"
-    )
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen(
-        [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    for _ in range(100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, port
-        time.sleep(0.05)
-    raise SystemExit("mosquitto did not start")
-
-
-class Subscriber:
-    def __init__(self, port: int) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        self.arrivals: list[tuple[float, dict[str, Any]]] = []
-        self.ready = threading.Event()
-        self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2, client_id="bench-plc"
-        )
-        self.client.on_connect = lambda c, u, f, r, p: c.subscribe("bench/#", qos=1)
-        self.client.on_subscribe = lambda *a: self.ready.set()
-        self.client.on_message = lambda c, u, m: self.arrivals.append(
-            (time.time(), json.loads(m.payload))
-        )
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        self.ready.wait(10)
-
-    def wait(self, n: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.verdicts()) < n and time.monotonic() < deadline:
-            time.sleep(0.02)
-
-    def verdicts(self) -> list[tuple[float, dict[str, Any]]]:
-        return [(t, p) for t, p in self.arrivals if "sequence" in p]
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+from scripts.harness import REPO, Broker, Subscriber, data_root, pct
+from service.app import LineInspect
+from service.config import load_settings
+from service.inference.model import load_model
+from service.inference.runtime import RuntimeOptions
 
 
 def run_line(
     model: Path, source: Path, fps: float, frames: int, port: int, workdir: Path
 ) -> dict[str, float]:
-    sub = Subscriber(port)
+    sub = Subscriber(port, "bench/#", client_id="bench-plc")
+    sub.connect()
     config = {
         "models": [{"path": str(model)}],
         "runtime": {"warmup_runs": 3},
@@ -127,13 +58,13 @@ def run_line(
     t0 = time.time()
     service.start()
     try:
-        sub.wait(frames, timeout=600)
+        sub.wait_for(frames, timeout=600)
     finally:
         service.stop()
         sub.close()
-    got = sub.verdicts()
-    wall = (max(t for t, _ in got) - t0) if got else float("nan")
-    latencies = [(t - p["captured_at"]) * 1000 for t, p in got]
+    got = sub.received()
+    wall = (max(m.arrived for m in got) - t0) if got else float("nan")
+    latencies = [(m.arrived - m.payload["captured_at"]) * 1000 for m in got]
     return {
         "verdicts": len(got),
         "throughput_fps": len(got) / wall if got else 0.0,
@@ -143,11 +74,13 @@ def run_line(
 
 
 def main() -> int:
-    data = Path(os.environ.get("LINEINSPECT_DATA", ROOT.parent / "shared" / "data"))
+    data = data_root()
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m scripts.bench.line",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", type=Path, default=ROOT / "models" / "neu-cls-demo.onnx")
+    p.add_argument("--model", type=Path, default=REPO / "models" / "neu-cls-demo.onnx")
     p.add_argument(
         "--source", type=Path, default=data / "video" / "checkweigher_conveyor_h264_1280x720.mp4"
     )
@@ -183,18 +116,16 @@ def main() -> int:
             "p99_ms": pct(raw_lat, 99),
         },
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        broker, port = start_broker(Path(tmp))
-        try:
-            rows["line, as fast as possible"] = run_line(
-                args.model, args.source, 0, len(images), port, Path(tmp)
-            )
-            rows[f"line at the clip's {clip_fps:.0f} fps"] = run_line(
-                args.model, args.source, clip_fps, len(images), port, Path(tmp)
-            )
-        finally:
-            broker.terminate()
-            broker.wait(10)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Broker(Path(tmp), persistent=False, max_queued_messages=1_000_000) as broker,
+    ):
+        rows["line, as fast as possible"] = run_line(
+            args.model, args.source, 0, len(images), broker.port, Path(tmp)
+        )
+        rows[f"line at the clip's {clip_fps:.0f} fps"] = run_line(
+            args.model, args.source, clip_fps, len(images), broker.port, Path(tmp)
+        )
     peer = ultralytics_peer(args.model, args.source, model.spec.task, model.spec.preprocess.size)
     if peer:
         rows["Ultralytics ONNX predict loop"] = peer

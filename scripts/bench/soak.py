@@ -1,7 +1,7 @@
 """Soak: the whole service for `--minutes` at twice the nominal frame rate on four cameras.
 
-    python scripts/soak.py                        # 10 minutes, shipped detector, build/soak.json
-    python scripts/soak.py --minutes 1 --model models/neu-cls-int8.onnx
+    python -m scripts.bench.soak                  # 10 minutes, shipped detector, build/soak.json
+    python -m scripts.bench.soak --minutes 1 --model models/neu-cls-int8.onnx
 
 Cameras (live-camera buffer policy `drop_oldest`, size 4, so overload shows as counted drops):
 - `neu`:      folder of real NEU steel images, 10 fps (the demo plays them at 5),
@@ -40,14 +40,8 @@ import httpx
 import numpy as np
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+from scripts.harness import REPO, Broker, Message, Subscriber, data_root, free_port
 
-from bench_line import start_broker  # noqa: E402
-from load_predict import free_port  # noqa: E402
-
-DATA = Path(os.environ.get("LINEINSPECT_DATA", ROOT.parent / "shared" / "data"))
 PREFIX, LINE = "soak", "soak-line"
 
 
@@ -66,31 +60,19 @@ def cameras(data: Path, speed: float) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-class Counter:
+class Counter(Subscriber):
     """A QoS 1 subscriber: verdicts per camera, sequence gaps, order, duplicates."""
 
     def __init__(self, port: int) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        self.lock = threading.Lock()
         self.seqs: dict[str, list[int]] = {}
         self.frame_ids: dict[str, set[int]] = {}
         self.errors: dict[str, int] = {}
-        self.ready = threading.Event()
-        self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2, client_id="soak-plc"
-        )
-        self.client.on_connect = lambda c, u, f, r, p: c.subscribe(f"{PREFIX}/+/+/verdict", qos=1)
-        self.client.on_subscribe = lambda *a: self.ready.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        if not self.ready.wait(10):
+        super().__init__(port, f"{PREFIX}/+/+/verdict", client_id="soak-plc")
+        if not self.connect():
             raise SystemExit("the subscriber could not subscribe")
 
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        p = json.loads(msg.payload)
+    def on_message(self, message: Message) -> None:
+        p = message.payload
         cam = p["camera"]
         with self.lock:
             self.seqs.setdefault(cam, []).append(p["sequence"])
@@ -116,10 +98,6 @@ class Counter:
             "first": unique[0] if unique else 0,
             "last": unique[-1] if unique else 0,
         }
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 def scrape(url: str) -> dict[str, Any]:
@@ -148,15 +126,15 @@ def worker(config: Path) -> int:
 
     from service.api.server import create_app, uvicorn_config
     from service.app import LineInspect
-    from service.cli import _setup_logging
+    from service.cli import setup_logging
     from service.config import load_settings
 
     settings = load_settings(config, {})
-    _setup_logging(settings.logging.level)
+    setup_logging(settings.logging.level)
     service = LineInspect(settings)
     service.start()
     server = uvicorn.Server(
-        uvicorn_config(create_app(service), settings.api.host, settings.api.port)
+        uvicorn_config(create_app(service.api()), settings.api.host, settings.api.port)
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -185,14 +163,16 @@ def slope_mb_per_min(samples: list[dict[str, Any]]) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m scripts.bench.soak",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--minutes", type=float, default=10)
     p.add_argument("--interval", type=float, default=10, help="seconds between samples")
-    p.add_argument("--model", type=Path, default=ROOT / "models" / "neu-det-demo.onnx")
+    p.add_argument("--model", type=Path, default=REPO / "models" / "neu-det-demo.onnx")
     p.add_argument("--speed", type=float, default=2.0, help="x nominal frame rate")
     p.add_argument("--max-rss-slope", type=float, default=1.0, help="MB/min, last half")
-    p.add_argument("--json", type=Path, default=ROOT / "build" / "soak.json")
+    p.add_argument("--json", type=Path, default=REPO / "build" / "soak.json")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -200,9 +180,11 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="lineinspect-soak-") as tmp:
         work = Path(tmp)
-        broker, mqtt_port = start_broker(work)
+        broker = Broker(work, persistent=False, max_queued_messages=1_000_000)
+        broker.start()
+        mqtt_port = broker.port
         api_port = free_port()
-        cams = cameras(DATA, args.speed)
+        cams = cameras(data_root(), args.speed)
         config = {
             "models": [{"path": str(args.model.resolve())}],
             "api": {"port": api_port},
@@ -217,8 +199,8 @@ def main() -> int:
         cfg.write_text(json.dumps(config))
         sub = Counter(mqtt_port)
         proc = subprocess.Popen(
-            [sys.executable, __file__, "--worker", str(cfg)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            [sys.executable, "-m", "scripts.bench.soak", "--worker", str(cfg)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
         )  # fmt: skip
         try:
             result = soak(args, proc, sub, f"http://127.0.0.1:{api_port}", cams)
@@ -226,8 +208,7 @@ def main() -> int:
             sub.close()
             if proc.poll() is None:
                 proc.kill()
-            broker.terminate()
-            broker.wait(10)
+            broker.stop()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
     print(f"\nJSON: {args.json}")

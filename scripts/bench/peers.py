@@ -1,8 +1,8 @@
 """lineinspect against its peers, in one run, on the same machine, model, input size and frames.
 
-    python scripts/bench_peers.py --models models/neu-det-demo.onnx --sizes 320,640
-    python scripts/bench_peers.py --models build/issue6/det-320.onnx,build/issue6/det-640.onnx
-    python scripts/bench_peers.py --models M.onnx --paths raw,line --frames 744 --json out.json
+    python -m scripts.bench.peers --models models/neu-det-demo.onnx --sizes 320,640
+    python -m scripts.bench.peers --models build/issue6/det-320.onnx,build/issue6/det-640.onnx
+    python -m scripts.bench.peers --models M.onnx --paths raw,line --frames 744 --json out.json
 
 Paths, each measured in its own process so that CPU seconds and peak RSS belong to that path:
 - raw: a plain `InferenceSession` with ONNX Runtime's default options, batch 1, fed frames of
@@ -49,25 +49,22 @@ from typing import Any
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from bench_line import Subscriber, pct, start_broker  # noqa: E402
-from load_predict import (  # noqa: E402
+from scripts.bench.wrk import measure_level, write_lua, wrk_exe
+from scripts.harness import (
+    REPO,
+    Broker,
+    Subscriber,
     at_size,
     clip_frame_jpeg,
+    data_root,
     load1,
-    measure_level,
+    pct,
     proc_status_mb,
     start_server,
     stop_server,
-    write_lua,
-    wrk_exe,
 )
 
-DATA = Path(os.environ.get("LINEINSPECT_DATA", ROOT.parent / "shared" / "data"))
-CLIP = DATA / "video" / "checkweigher_conveyor_h264_1280x720.mp4"
+CLIP = data_root() / "video" / "checkweigher_conveyor_h264_1280x720.mp4"
 ALL_PATHS = ("raw", "line", "http", "ultralytics")
 
 
@@ -208,7 +205,7 @@ def worker_line(config: Path) -> dict[str, Any]:
     from service.config import load_settings
 
     service = LineInspect(load_settings(config, {}))
-    service.start_models()  # loading and warming the model is not part of the measurement
+    service.served.start()  # loading and warming the model is not part of the measurement
     c0 = time.process_time()
     service.start_line()
     service.started = True
@@ -225,11 +222,11 @@ def worker_line(config: Path) -> dict[str, Any]:
 
 def child(args: list[str], stdin: bool = False) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, __file__, *args],
+        [sys.executable, "-m", "scripts.bench.peers", *args],
         stdout=subprocess.PIPE,
         stdin=subprocess.PIPE if stdin else None,
         text=True,
-        cwd=ROOT,
+        cwd=REPO,
     )
 
 
@@ -261,14 +258,15 @@ def run_line(
     cfg = workdir / f"line-{model.stem}-{fps:g}.json"
     cfg.write_text(json.dumps(config))
     la = load1()
-    sub = Subscriber(port)
+    sub = Subscriber(port, "bench/#", client_id="bench-plc")
+    sub.connect()
     proc = child(["--worker", "line", "--config", str(cfg)], stdin=True)
     try:
         assert proc.stdout is not None
         assert proc.stdin is not None
         if proc.stdout.readline().strip() != "STARTED":
             raise SystemExit("the line worker did not start")
-        sub.wait(frames, timeout=1200)
+        sub.wait_for(frames, timeout=1200)
         proc.stdin.write("stop\n")
         proc.stdin.flush()
         res = last_json(proc)
@@ -276,15 +274,15 @@ def run_line(
         sub.close()
         if proc.poll() is None:
             proc.kill()
-    got = sorted(sub.verdicts(), key=lambda v: v[1]["sequence"])[:frames]
+    got = sorted(sub.received(), key=lambda m: m.payload["sequence"])[:frames]
     if len(got) < frames:
         raise SystemExit(f"line: only {len(got)} of {frames} verdicts arrived")
-    seqs = [p["sequence"] for _, p in got]
+    seqs = [m.payload["sequence"] for m in got]
     if seqs != list(range(seqs[0], seqs[0] + frames)):
         raise SystemExit("line: sequence gap at the subscriber")
-    t0 = min(p["captured_at"] for _, p in got)  # the first frame captured, not service start
-    wall = max(t for t, _ in got) - t0
-    lat = [(t - p["captured_at"]) * 1000 for t, p in got]
+    t0 = min(m.payload["captured_at"] for m in got)  # the first frame captured, not start
+    wall = max(m.arrived for m in got) - t0
+    lat = [(m.arrived - m.payload["captured_at"]) * 1000 for m in got]
     return summary(frames, wall, lat, res["cpu_s"], res["peak_rss_mb"], la)
 
 
@@ -325,22 +323,18 @@ def bench_model(
         rows |= last_json(child(["--worker", "raw", *common]))
     with tempfile.TemporaryDirectory() as tmp:
         if "line" in paths:
-            broker, port = start_broker(Path(tmp))
-            try:
+            with Broker(Path(tmp), persistent=False, max_queued_messages=1_000_000) as broker:
                 rows["line"] = run_line(
-                    model, source, frames, clip_frames, port, Path(tmp), line_overrides,
+                    model, source, frames, clip_frames, broker.port, Path(tmp), line_overrides,
                     runtime=runtime,
                 )  # fmt: skip
                 # Latency without queueing: the clip paced at half what the line just sustained.
                 half = round(rows["line"]["fps"] / 2, 1)
                 n = min(frames, max(50, int(15 * half)))
                 rows["line @50% load"] = run_line(
-                    model, source, n, clip_frames, port, Path(tmp), line_overrides, fps=half,
-                    runtime=runtime,
+                    model, source, n, clip_frames, broker.port, Path(tmp), line_overrides,
+                    fps=half, runtime=runtime,
                 )  # fmt: skip
-            finally:
-                broker.terminate()
-                broker.wait(10)
         if "http" in paths:
             rows |= run_http(model, source, clients, http_s, Path(tmp), runtime)
     if "ultralytics" in paths:
@@ -398,7 +392,9 @@ def targets(rows: dict[str, dict[str, float]]) -> list[str]:
 
 def main() -> int:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m scripts.bench.peers",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--models", default="models/neu-det-demo.onnx")
     p.add_argument(

@@ -1,7 +1,7 @@
 """CPU cost per frame of each stage around the model, measured alone on one thread.
 
-    python scripts/bench_stages.py
-    python scripts/bench_stages.py --sizes 320,640 --frames 200
+    python -m scripts.bench.stages
+    python -m scripts.bench.stages --sizes 320,640 --frames 200
 
 What the line and the HTTP path spend per frame besides `session.run`, so that a benchmark's
 ratio against a bare session can be checked against its floor: a session fed preprocessed
@@ -16,21 +16,16 @@ tensors never decodes H.264, never decodes a JPEG and never letterboxes. Stages:
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from scripts.harness import DATA_ENV, data_root
+from service.inference.preprocess import PreprocessSpec, preprocess
 
-from service.inference.preprocess import PreprocessSpec, preprocess  # noqa: E402
-
-DATA = Path(os.environ.get("LINEINSPECT_DATA", ROOT.parent / "shared" / "data"))
-CLIP = DATA / "video" / "checkweigher_conveyor_h264_1280x720.mp4"
+CLIP = data_root() / "video" / "checkweigher_conveyor_h264_1280x720.mp4"
 
 
 def per_call_ms(fn: Callable[[], object], n: int) -> tuple[float, float]:
@@ -44,13 +39,15 @@ def per_call_ms(fn: Callable[[], object], n: int) -> tuple[float, float]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m scripts.bench.stages", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--source", type=Path, default=CLIP)
     p.add_argument("--sizes", default="320,640")
     p.add_argument("--frames", type=int, default=200)
     args = p.parse_args()
     if not args.source.is_file():
-        raise SystemExit(f"clip not found: {args.source} (set LINEINSPECT_DATA)")
+        raise SystemExit(f"clip not found: {args.source} (set {DATA_ENV})")
     cv2.setNumThreads(1)  # one thread, like one preprocessing worker
 
     cap = cv2.VideoCapture(str(args.source))
