@@ -23,7 +23,7 @@ stop() { kill -TERM "$server" 2>/dev/null || true; wait "$server" 2>/dev/null ||
 trap stop EXIT
 trap 'exit 130' INT TERM
 
-python scripts/demo_client.py --config "$CONFIG" --server-pid "$server"
+lineinspect demo-client --config "$CONFIG" --server-pid "$server"
 if [ -n "${DEMO_SECONDS:-}" ]; then
   sleep "$DEMO_SECONDS"
 else

@@ -1,5 +1,6 @@
-"""The command line: serve, predict, models inspect, config validate / schema, review export,
-and the training companion's train classify / detect / anomaly and dataset qa / export-yolo.
+"""The command line: serve, predict, models inspect / tune / quantize, config validate / schema,
+review export, drift check, demo-client, and the training companion's train classify / detect /
+anomaly and dataset qa / export-yolo.
 
 Startup errors exit non-zero with one clear line (no traceback): a user at a terminal on the
 line needs the reason, not the stack.
@@ -20,6 +21,7 @@ from pathlib import Path
 from types import ModuleType
 
 from service import __version__
+from service.commands import demo_client, drift, quantize, tune
 from service.config import ConfigError, Settings, json_schema, load_settings
 
 log = logging.getLogger("service")
@@ -254,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--card", type=Path, help="model card (default: next to the model)")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.set_defaults(func=cmd_models_inspect)
+    tune.add_parser(models)
+    quantize.add_parser(models)
 
     config = sub.add_parser("config", help="configuration tools").add_subparsers(
         dest="config_cmd", required=True
@@ -277,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--labelled-only", action="store_true", help="only items an inspector labelled"
     )
     rexport.set_defaults(func=cmd_review_export)
+    drift.add_parser(sub)
+    demo_client.add_parser(sub)
     _add_training(sub)
     return parser
 

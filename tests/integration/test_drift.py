@@ -14,7 +14,7 @@ from pathlib import Path
 
 import cv2
 
-from scripts.drift_check import blur, darken, shadow
+from service.commands.drift import blur, darken, shadow
 from tests.integration.conftest import REPO, Broker, sample
 from tests.integration.test_line import Serve, folder_camera, line_config
 
@@ -31,7 +31,7 @@ TRANSFORMS = {"healthy": lambda image: image, "dark": darken, "shadow": shadow, 
 
 
 def write_frames(folder: Path, paths: list[Path], transform: str) -> Path:
-    """The camera's frames: the held-out images under one of scripts/drift_check.py's
+    """The camera's frames: the held-out images under one of `lineinspect drift check`'s
     conditions (the same transforms the documented drift figures were measured with)."""
     folder.mkdir()
     for i, path in enumerate(paths):

@@ -1,6 +1,7 @@
-"""Demo client: wait for the service, send real defect images, print the verdicts and where to look.
+"""`lineinspect demo-client`: wait for the service, send real defect images, print the verdicts
+and where to look (scripts/demo.sh runs it beside `lineinspect serve`).
 
-Standard library only, so it runs with nothing but the service installed.
+HTTP through the standard library, so it runs with nothing but the service installed.
 """
 
 from __future__ import annotations
@@ -8,17 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from service.config import load_settings  # noqa: E402
+from service.paths import DATA_ENV, data_root
 
 TILE_MODEL = "mt-defect"  # the shipped magnetic-tile gate (models/mt-defect.onnx)
 
@@ -44,7 +41,7 @@ def sample_images(data: Path, per_class: int = 2) -> list[Path]:
     folder = data / "neu-det" / "Validation_Images"
     if not folder.is_dir():
         raise SystemExit(
-            f"no NEU images at {folder}: set LINEINSPECT_DATA to the folder holding neu-det/"
+            f"no NEU images at {folder}: set {DATA_ENV} to the folder holding neu-det/"
         )
     chosen: dict[str, list[Path]] = {}
     for path in sorted(folder.glob("*.jpg")):
@@ -90,28 +87,22 @@ def watch_line(settings: Any, base: str, seconds: float = 4.0) -> None:
     """Show the verdicts a PLC would see: subscribe like one, or explain where they wait."""
     q, line = settings.mqtt, settings.line.name
     topic = f"{q.topic_prefix}/{line}/+/verdict"
-    received: list[dict[str, Any]] = []
     try:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
+        from service.commands.mqtt_subscriber import Subscriber
 
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2, client_id="lineinspect-demo-viewer"
+        sub = Subscriber(
+            q.port, topic, host=q.host, client_id="lineinspect-demo-viewer", keepalive=10
         )
-        client.on_message = lambda c, u, m: received.append(json.loads(m.payload))
-        client.connect(q.host, q.port, keepalive=10)
-        client.subscribe(topic, qos=1)
-        client.loop_start()
+        sub.connect(timeout=seconds)
         time.sleep(seconds)
-        client.loop_stop()
-        client.disconnect()
+        sub.close()
     except (OSError, ImportError) as exc:
         with urllib.request.urlopen(f"{base}/v1/cameras", timeout=5) as r:
             state = json.load(r)
         print(
             f"\nno MQTT broker at {q.host}:{q.port} ({exc}).\n"
-            f"The line keeps inspecting; {state['outbox']['messages']} verdicts wait in {settings.outbox.path} "
-            "and will be delivered in order once a broker is up:\n"
+            f"The line keeps inspecting; {state['outbox']['messages']} verdicts wait in "
+            f"{settings.outbox.path} and will be delivered in order once a broker is up:\n"
             "  sudo apt-get install -y mosquitto && mosquitto -d    (then watch: "
             f"mosquitto_sub -t '{topic}' -v)"
         )
@@ -120,28 +111,44 @@ def watch_line(settings: Any, base: str, seconds: float = 4.0) -> None:
         f"\nverdicts received on {topic} in {seconds:.0f} s (what a PLC subscribed there sees):\n"
     )
     print(
-        f"{'camera':<12} {'seq':>5} {'frame':>6} {'verdict':<10} {'top finding':<18} {'conf':>6} {'ms':>7}"
+        f"{'camera':<12} {'seq':>5} {'frame':>6} {'verdict':<10} {'top finding':<18} "
+        f"{'conf':>6} {'ms':>7}"
     )
+    received = sub.verdicts()
     for v in received[-12:]:
         top = (v.get("findings") or [{}])[0]
         print(
-            f"{v['camera']:<12} {v['sequence']:>5} {v['frame_id']:>6} {v['verdict'].upper():<10} "
-            f"{top.get('class_name', '-'):<18} {top.get('confidence', 0):>6.3f} {v['latency_ms']:>7.1f}"
+            f"{v['camera']:<12} {v['sequence']:>5} {v['frame_id']:>6} "
+            f"{v['verdict'].upper():<10} {top.get('class_name', '-'):<18} "
+            f"{top.get('confidence', 0):>6.3f} {v['latency_ms']:>7.1f}"
         )
     print(
-        f"({len(received)} verdicts; watch them live: mosquitto_sub -h {q.host} -p {q.port} -t '{topic}' -v)"
+        f"({len(received)} verdicts; watch them live: "
+        f"mosquitto_sub -h {q.host} -p {q.port} -t '{topic}' -v)"
     )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--server-pid", type=int, required=True)
-    args = parser.parse_args()
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "demo-client",
+        help="the demo's client: judge real images on a running service, show its verdicts",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", type=Path, required=True, help="the running service's config")
+    p.add_argument(
+        "--server-pid", type=int, required=True, help="the service's process (fail if it exits)"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from service.config import load_settings
+
     settings = load_settings(args.config, os.environ)
     host = "127.0.0.1" if settings.api.host in ("0.0.0.0", "::") else settings.api.host
     base = f"http://{host}:{settings.api.port}"
-    data = Path(os.environ.get("LINEINSPECT_DATA", ROOT.parent / "shared" / "data"))
+    data = data_root()
     images = sample_images(data)
     wait_ready(base, args.server_pid)
     print(f"\njudging {len(images)} real NEU steel-surface images from {data}:\n")
@@ -176,7 +183,3 @@ Ctrl-C stops it (verdicts not yet delivered stay in the outbox for the next star
         flush=True,
     )
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,53 +1,53 @@
-"""Does drift monitoring separate a drifted line from a healthy one? And what does it cost?
+"""`lineinspect drift check`: does drift monitoring separate a drifted line from a healthy one?
+And what does it cost?
 
 Feeds a model's held-out test images (never used to build the card's reference) through the
 service's own model and DriftMonitor, once as they are and once darkened, shadowed and blurred,
 and prints each signal's PSI / KS with the monitor's state. Then times one drift update.
 
-    python scripts/drift_check.py                       # NEU classifier, test split of its manifest
-    python scripts/drift_check.py --model models/neu-det-demo.onnx
+    lineinspect drift check                       # NEU classifier, test split of its manifest
+    lineinspect drift check --model models/neu-det-demo.onnx
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import cv2
-import numpy as np
+from service.config import DriftConfig
+from service.paths import REPO, data_root
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if TYPE_CHECKING:
+    import numpy as np
 
-from service.config import DriftConfig  # noqa: E402
-from service.drift import DriftMonitor, image_stats  # noqa: E402
-from service.frames import Frame  # noqa: E402
-from service.inference.model import load_model  # noqa: E402
-from service.inference.runtime import RuntimeOptions  # noqa: E402
-from service.metrics import Metrics  # noqa: E402
-
-Transform = Callable[[np.ndarray], np.ndarray]
+    Transform = Callable[[np.ndarray], np.ndarray]
 
 
 def darken(image: np.ndarray) -> np.ndarray:
     """Lighting failing: 55 % of the light."""
+    import cv2
+
     return cv2.convertScaleAbs(image, alpha=0.55)
 
 
 def shadow(image: np.ndarray) -> np.ndarray:
     """A shadow falling across the part: full light on the left, 35 % on the right."""
+    import numpy as np
+
     ramp = np.linspace(1.0, 0.35, image.shape[1], dtype=np.float32)[None, :, None]
-    return np.clip(image.astype(np.float32) * ramp, 0, 255).astype(np.uint8)
+    out: np.ndarray = np.clip(image.astype(np.float32) * ramp, 0, 255).astype(np.uint8)
+    return out
 
 
 def blur(image: np.ndarray) -> np.ndarray:
     """Lens out of focus or vibration: Gaussian blur, sigma 2 px."""
+    import cv2
+
     return cv2.GaussianBlur(image, (0, 0), 2.0)
 
 
@@ -59,17 +59,25 @@ CONDITIONS: dict[str, Transform] = {
 }
 
 
-def test_images(split_file: Path, data_root: Path) -> list[tuple[Path, str]]:
+def test_images(split_file: Path, data: Path) -> list[tuple[Path, str]]:
     """The manifest's test split: (image, its class label)."""
     manifest = json.loads(split_file.read_text())
-    return [(data_root / item["path"], item["label"]) for item in manifest["splits"]["test"]]
+    return [(data / item["path"], item["label"]) for item in manifest["splits"]["test"]]
 
 
-def run(
+def monitor_conditions(
     model_path: Path, images: list[np.ndarray], labels: list[str], settings: DriftConfig
-) -> dict[str, dict]:
+) -> dict[str, dict[str, Any]]:
+    import numpy as np
+
+    from service.core.types import Frame
+    from service.inference.model import load_model
+    from service.inference.runtime import RuntimeOptions
+    from service.metrics import Metrics
+    from service.sinks.drift import DriftMonitor
+
     model = load_model(model_path, RuntimeOptions(warmup_runs=1, intra_op_threads=1))
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, Any]] = {}
     for name, transform in CONDITIONS.items():
         monitor = DriftMonitor(Metrics(), settings)
         monitor.register(model)
@@ -90,6 +98,15 @@ def run(
 
 
 def time_update(model_path: Path, image: np.ndarray, repeats: int = 2000) -> dict[str, float]:
+    import cv2
+
+    from service.core.types import Frame
+    from service.drift import image_stats
+    from service.inference.model import load_model
+    from service.inference.runtime import RuntimeOptions
+    from service.metrics import Metrics
+    from service.sinks.drift import DriftMonitor
+
     model = load_model(model_path, RuntimeOptions(warmup_runs=1, intra_op_threads=1))
     monitor = DriftMonitor(Metrics(), DriftConfig())
     monitor.register(model)
@@ -111,32 +128,44 @@ def time_update(model_path: Path, image: np.ndarray, repeats: int = 2000) -> dic
     return {"update_ms": update_ms, "image_stats_ms": stats_ms, "image_stats_720p_ms": hd_ms}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", type=Path, default=ROOT / "models/neu-cls-int8.onnx")
-    p.add_argument("--split", type=Path, default=ROOT / "models/neu-cls-split.json")
-    p.add_argument(
-        "--data",
-        type=Path,
-        default=Path(os.environ.get("LINEINSPECT_DATA", ROOT.parent / "shared/data")) / "neu-det",
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    drift = sub.add_parser("drift", help="drift monitoring tools").add_subparsers(
+        dest="drift_cmd", required=True, metavar="COMMAND"
     )
+    p = drift.add_parser(
+        "check",
+        help="held-out images vs darkened / shadowed / blurred: PSI, KS, state, cost",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", type=Path, default=REPO / "models/neu-cls-int8.onnx")
+    p.add_argument("--split", type=Path, default=REPO / "models/neu-cls-split.json")
+    p.add_argument("--data", type=Path, default=data_root() / "neu-det")
     p.add_argument("--window", type=int, default=DriftConfig().window)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = p.parse_args()
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import cv2
+
     cv2.setNumThreads(1)
     items = test_images(args.split, args.data)
     random.Random(args.seed).shuffle(items)  # a line sees the classes mixed, not sorted
-    images = [cv2.imread(str(path), cv2.IMREAD_COLOR) for path, _ in items]
+    images: list[np.ndarray] = []
+    for path, _ in items:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise SystemExit(f"unreadable test images under {args.data}")
+        images.append(image)
     labels = [label for _, label in items]
-    if any(image is None for image in images):
-        raise SystemExit(f"unreadable test images under {args.data}")
     settings = DriftConfig(window=args.window, min_frames=min(100, args.window))
-    results = run(args.model, images, labels, settings)
+    results = monitor_conditions(args.model, images, labels, settings)
     cost = time_update(args.model, images[0])
     if args.json:
         print(json.dumps({"results": results, "cost": cost}, indent=1))
-        return
+        return 0
     signals = sorted({s for r in results.values() for s in r["signals"]})
     print(f"model {args.model.name}, {len(images)} held-out test images, window {args.window}")
     accuracy = "accuracy" in next(iter(results.values()))
@@ -158,6 +187,4 @@ def main() -> None:
         f"image stats at 1280x720: {cost['image_stats_720p_ms']:.3f} ms"
     )
 
-
-if __name__ == "__main__":
-    main()
+    return 0
