@@ -8,7 +8,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-source scripts/bootstrap.sh
+source scripts/dev/bootstrap.sh
 
 CONFIG="${LINEINSPECT_CONFIG:-deploy/demo.yaml}"
 if [ -n "${LINEINSPECT_DATA:-}" ] && [ -z "${LINEINSPECT_CONFIG:-}" ]; then

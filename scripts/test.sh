@@ -4,7 +4,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-LINEINSPECT_TEST_PACKAGES=1 source scripts/bootstrap.sh
+LINEINSPECT_TEST_PACKAGES=1 source scripts/dev/bootstrap.sh
 
 echo "== ruff" && ruff check service training tests scripts && ruff format --check service training tests
 echo "== mypy" && mypy

@@ -1,4 +1,4 @@
-"""scripts/lint_deploy.py: the repository's deploy files pass, and bad ones are rejected precisely."""
+"""scripts/dev/lint_deploy.py: the repository's deploy files pass, and bad ones are rejected precisely."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from types import ModuleType
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "lint_deploy.py"
+SCRIPT = REPO / "scripts" / "dev" / "lint_deploy.py"
 
 
 @pytest.fixture(scope="module")

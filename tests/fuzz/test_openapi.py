@@ -24,7 +24,7 @@ EXCLUDED = "positive_data_acceptance,allow_header_conformance"
 
 def test_schemathesis_finds_nothing(server: Server, tmp_path: Path) -> None:
     st = shutil.which("st", path=str(Path(sys.executable).parent))
-    assert st, "schemathesis is missing: install the dev extra (scripts/bootstrap.sh)"
+    assert st, "schemathesis is missing: install the dev extra (scripts/dev/bootstrap.sh)"
     r = subprocess.run(
         [
             st, "run", f"{server.url}/openapi.json",

@@ -42,7 +42,7 @@ def tool(name: str) -> str:
     if path is None:
         pytest.fail(
             f"`{name}` is not installed: the tests need Prometheus' binaries "
-            "(LINEINSPECT_TEST_PACKAGES=1 scripts/bootstrap.sh, i.e. scripts/test.sh, installs "
+            "(LINEINSPECT_TEST_PACKAGES=1 scripts/dev/bootstrap.sh, i.e. scripts/test.sh, installs "
             "the Debian package `prometheus`)"
         )
     return path

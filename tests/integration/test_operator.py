@@ -251,7 +251,7 @@ def _chrome() -> Any:
     if not chromium or not driver:
         pytest.fail(
             "chromium and chromedriver are needed for the operator page test: run "
-            "LINEINSPECT_TEST_PACKAGES=1 bash scripts/bootstrap.sh (it installs them)"
+            "LINEINSPECT_TEST_PACKAGES=1 bash scripts/dev/bootstrap.sh (it installs them)"
         )
     options = webdriver.ChromeOptions()
     options.binary_location = chromium  # with both paths given Selenium Manager never runs

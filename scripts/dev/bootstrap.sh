@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Prepare a fresh machine: system packages, then a virtualenv with lineinspect installed.
 # Sourced by scripts/demo.sh and scripts/test.sh; safe to run again (it only does what is missing).
-#   LINEINSPECT_EXTRAS  pip extras to install (default: cpu,dev,train-yolo, which includes train)
+#   LINEINSPECT_EXTRAS  pip extras to install (default: cpu,dev,train-yolo; dev includes bench,
+#                       train-yolo includes train)
 #   LINEINSPECT_VENV    virtualenv location   (default: .venv in the repository)
 #   LINEINSPECT_TEST_PACKAGES=1  also the system packages only the tests use (set by test.sh):
 #                       prometheus (promtool + a real scrape), chromium + chromedriver (operator page)
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${LINEINSPECT_VENV:-$ROOT/.venv}"
 EXTRAS="${LINEINSPECT_EXTRAS:-cpu,dev,train-yolo}"
 PYTHON="${PYTHON:-python3}"

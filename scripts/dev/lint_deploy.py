@@ -1,7 +1,7 @@
 """Offline lint of the deployment files: compose, Kubernetes, Dockerfiles, mosquitto, configs.
 
-    python scripts/lint_deploy.py                 # the repository's deploy files
-    python scripts/lint_deploy.py --k8s-version 1.29
+    python -m scripts.dev.lint_deploy             # the repository's deploy files
+    python -m scripts.dev.lint_deploy --k8s-version 1.29
 
 Exit 0 when clean; 1 with one line per problem, `path[:line]: CHECK: message`. Nothing here
 needs a network, a Docker daemon or a cluster:
@@ -41,7 +41,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_K8S_VERSION = "1.30"
 KUSTOMIZE_KINDS = {"Kustomization", "Component"}
 WORKLOAD_KINDS = {"Deployment", "DaemonSet", "StatefulSet", "ReplicaSet", "Job", "CronJob", "Pod"}
@@ -506,8 +506,6 @@ def _config_errors_text(text: str) -> list[str]:
 
 def config_errors(path: Path) -> list[str]:
     """The service's own loader, without the environment: what `lineinspect config validate` says."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     from service.config import ConfigError, load_settings
 
     try:
@@ -791,7 +789,9 @@ def lint_repository(root: Path = ROOT, k8s_version: str = DEFAULT_K8S_VERSION) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.dev.lint_deploy", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--root", type=Path, default=ROOT, help="repository root")
     parser.add_argument(
         "--k8s-version", default=DEFAULT_K8S_VERSION, help="Kubernetes schema version"
