@@ -66,11 +66,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         service.start()
     except Exception as exc:
         return _fail(f"cannot start: {exc}")
-    log.info("models ready in %.1f s: %s", time.perf_counter() - t0, ", ".join(service.models))
+    log.info(
+        "models ready in %.1f s: %s", time.perf_counter() - t0, ", ".join(service.served.models)
+    )
     import uvicorn
 
     server = uvicorn.Server(
-        uvicorn_config(create_app(service), settings.api.host, settings.api.port)
+        uvicorn_config(create_app(service.api()), settings.api.host, settings.api.port)
     )
     base = f"http://{settings.api.host}:{settings.api.port}"
     log.info(
@@ -89,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from service.api.schemas import predict_response
+    from service.core.wire import predict_response
     from service.imageio import ImageError, decode_image
     from service.inference.model import load_model
     from service.inference.runtime import RuntimeOptions
@@ -180,7 +182,7 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_review_export(args: argparse.Namespace) -> int:
-    from service.sinks.review import export
+    from service.review_store import export
 
     if not args.path.is_dir():
         return _fail(f"no review queue at {args.path}")

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from service.types import Verdict
+from service.core.types import Verdict
 
 if TYPE_CHECKING:
-    from service.inference.model import Result
+    from service.core.types import Result
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
@@ -191,14 +191,14 @@ class Metrics:
         )
         self.review_dropped = Counter(
             "lineinspect_review_dropped_total",
-            "Review frames not kept (budget, disk).",
+            "Review frames not kept (budget, disk, queue_full: the writer fell behind).",
             ["camera", "reason"],
             registry=r,
         )
         self.review_depth = Gauge(
             "lineinspect_review_queue_items", "Items in the review queue.", registry=r
         )
-        # -- drift against the model card's reference (service/drift.py)
+        # -- drift against the model card's reference (service/drift.py, service/sinks/drift.py)
         self.drift_psi = Gauge(
             "lineinspect_drift_psi",
             "Population stability index of the camera's recent frames against the model card's "
@@ -260,6 +260,14 @@ class Metrics:
         for cls in classes:
             self.class_confidence.labels(name, cls)
 
+    def camera_state(self, camera: str, state: str) -> None:
+        """A camera's state change (`service.stages.capture.CameraState` values)."""
+        self.camera_up.labels(camera).set(1 if state == "streaming" else 0)
+        if state == "reconnecting":
+            self.camera_reconnects.labels(camera).inc()
+        elif state == "stalled":
+            self.camera_stalls.labels(camera).inc()
+
     def observe(self, result: Result) -> None:
         """Count one judged image: verdict, stage times, confidences."""
         name = result.model.name
@@ -273,8 +281,7 @@ class Metrics:
             ("decide", t.decide),
         ):
             self.stage_duration.labels(name, stage).observe(seconds)
-        p = result.prediction
-        if p.task == "classify":
+        if result.prediction.probabilities is not None:  # a classifier
             # The winning class's probability: its histogram is the confidence-drift signal.
             top = max(result.decision.findings, key=lambda f: f.confidence)
             self.class_confidence.labels(name, top.class_name).observe(top.confidence)

@@ -721,7 +721,7 @@ def served_pass(model: Model, images: Sequence[Path], batch: int = 16) -> dict[s
     """Run lineinspect on `images`: stats, per-class confidences, verdicts (all are defective)."""
     import cv2
 
-    from service.types import Verdict
+    from service.core.types import Verdict
 
     stats: list[dict[str, float]] = []
     confidences: dict[str, list[float]] = defaultdict(list)

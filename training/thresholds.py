@@ -4,7 +4,7 @@ Goal, stated in the card: for each *critical* defect class, the highest threshol
 on validation is still ≥ 1 - max_miss (a miss — a defect called good — is the dangerous error);
 for every other defect class, the threshold with the best one-vs-rest F1. Then one uncertainty
 band, the narrowest that routes at least `review_share` of validation images to review
-(UNCERTAIN), found by running `service.decision` itself over the validation predictions.
+(UNCERTAIN), found by running `service.stages.decide` itself over the validation predictions.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from service.decision import DecisionPolicy, decide_classification
-from service.types import Verdict
+from service.core.types import Verdict
+from service.stages.decide import DecisionPolicy, decide_classification
 
 CANDIDATES = np.round(np.arange(0.05, 0.96, 0.01), 2)
 BANDS = np.round(np.arange(0.0, 0.31, 0.01), 2)

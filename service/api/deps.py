@@ -1,30 +1,87 @@
-"""Dependencies shared by the routers (FastAPI-template style `Annotated` aliases)."""
+"""What the routers may reach, as narrow protocols, and the dependencies that hand them over
+(FastAPI-template style `Annotated` aliases).
+
+The composition root (`service.app.LineInspect.api`) fills one `Api` with the running service's
+parts; a test can fill it with anything that has the same shape (tests/unit/test_api.py).
+"""
 
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.app import LineInspect
+from service.api.batcher import MicroBatcher
+from service.config import Settings
+from service.core.types import Frame, Result
+from service.inference.card import ThresholdSpec
 from service.inference.model import Model
+from service.metrics import Metrics
+from service.stages.capture import Camera
 
+
+class ServedModelsView(Protocol):
+    """The loaded models (service.served.ServedModels)."""
+
+    @property
+    def models(self) -> Mapping[str, Model]: ...
+    @property
+    def batchers(self) -> Mapping[str, MicroBatcher]: ...
+    @property
+    def default(self) -> str | None: ...
+
+
+class ControlPort(Protocol):
+    """Changes while running (service.control.Control)."""
+
+    def trigger(self, camera: str, part_id: str) -> None: ...
+    def reload_model(self, name: str, path: Path | None = None) -> Model: ...
+    def set_thresholds(self, model: Model, thresholds: ThresholdSpec) -> None: ...
+
+
+class LiveViewPort(Protocol):
+    """The latest verdicts and frames (service.sinks.live.LiveView)."""
+
+    def last_verdict(self, camera: str) -> dict[str, Any] | None: ...
+    def last_frame(self, camera: str) -> tuple[Frame, Result | None] | None: ...
+    def recent(self, limit: int) -> list[dict[str, Any]]: ...
+
+
+class DriftView(Protocol):
+    def snapshot(self) -> dict[str, dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class Api:
+    settings: Settings
+    metrics: Metrics
+    ready: Callable[[], bool]  # every model warmed and served, not stopping
+    models: ServedModelsView
+    control: ControlPort
+    live: LiveViewPort
+    drift: DriftView
+    cameras: Mapping[str, Camera]
+    link_status: Callable[[], tuple[bool, str]]  # MQTT: (connected, last error)
+    outbox_depth: Callable[[], tuple[int, float | None]]  # (messages, oldest age in s)
+
+
+def get_api(request: Request) -> Api:
+    api: Api = request.app.state.api
+    return api
+
+
+ApiDep = Annotated[Api, Depends(get_api)]
 _bearer = HTTPBearer(auto_error=False, description="Bearer token from `api.token`.")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def get_service(request: Request) -> LineInspect:
-    service: LineInspect = request.app.state.service
-    return service
-
-
-Service = Annotated[LineInspect, Depends(get_service)]
-
-
-def _check_token(service: LineInspect, credentials: HTTPAuthorizationCredentials | None) -> None:
-    token = service.settings.api.token
+def _check_token(api: Api, credentials: HTTPAuthorizationCredentials | None) -> None:
+    token = api.settings.api.token
     if token is None:
         return
     if credentials is None:
@@ -35,22 +92,23 @@ def _check_token(service: LineInspect, credentials: HTTPAuthorizationCredentials
         raise HTTPException(401, "invalid bearer token", {"WWW-Authenticate": "Bearer"})
 
 
-def require_token(service: Service, credentials: Credentials) -> None:
+def require_token(api: ApiDep, credentials: Credentials) -> None:
     """Mutating routes: the token is required whenever one is configured."""
-    _check_token(service, credentials)
+    _check_token(api, credentials)
 
 
-def predict_token(service: Service, credentials: Credentials) -> None:
+def predict_token(api: ApiDep, credentials: Credentials) -> None:
     """Predict: the token is required only when `api.require_token_for_predict` is set."""
-    if service.settings.api.require_token_for_predict:
-        _check_token(service, credentials)
+    if api.settings.api.require_token_for_predict:
+        _check_token(api, credentials)
 
 
-def find_model(service: LineInspect, name: str | None) -> Model:
-    if not service.ready:
+def find_model(api: Api, name: str | None) -> Model:
+    if not api.ready():
         raise HTTPException(503, "not ready: models are loading or the service is stopping")
+    models = api.models.models
     if name is None:
-        name = service.default_model
-    if name not in service.models:
-        raise HTTPException(404, f"no model named {name!r}; loaded: {sorted(service.models)}")
-    return service.models[name]
+        name = api.models.default
+    if name is None or name not in models:
+        raise HTTPException(404, f"no model named {name!r}; loaded: {sorted(models)}")
+    return models[name]

@@ -7,11 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
-from service.api.deps import Service, require_token
+from service.api.deps import ApiDep, require_token
 from service.api.models import describe
 from service.api.schemas import ModelDescription, errors
 from service.inference.card import CardError
-from service.inference.registry import ModelError
+from service.inference.errors import ModelError
 from service.inference.runtime import RuntimeSetupError
 
 router = APIRouter(prefix="/v1", tags=["line"])
@@ -30,10 +30,9 @@ class ReloadRequest(BaseModel):
 
 
 @router.get("/cameras", summary="Each camera's state, counters and last verdict.")
-def cameras(service: Service) -> dict[str, Any]:
-    line = service.line
+def cameras(api: ApiDep) -> dict[str, Any]:
     out = []
-    for name, cam in service.cameras.items():
+    for name, cam in api.cameras.items():
         out.append({
             "name": name,
             "state": cam.state.value,
@@ -43,13 +42,14 @@ def cameras(service: Service) -> dict[str, Any]:
             "stalls": cam.stats.stalls,
             "last_error": cam.stats.last_error,
             "buffered": len(cam.buffer),
-            "last_verdict": line.last_verdict.get(name) if line else None,
+            "last_verdict": api.live.last_verdict(name),
         })  # fmt: skip
-    depth, age = service.outbox.depth() if service.outbox else (0, None)
+    depth, age = api.outbox_depth()
+    connected, last_error = api.link_status()
     return {
         "cameras": out,
-        "mqtt_connected": service.link.connected.is_set(),
-        "mqtt_error": service.link.last_error,
+        "mqtt_connected": connected,
+        "mqtt_error": last_error,
         "outbox": {"messages": depth, "oldest_age_s": age},
     }
 
@@ -60,13 +60,13 @@ def cameras(service: Service) -> dict[str, Any]:
     "(PSI and KS per signal, the window size, the uncertain ratio and a state: "
     "off, warming_up, ok, watch or alert).",
 )
-def drift(service: Service) -> dict[str, Any]:
-    s = service.settings.drift
+def drift(api: ApiDep) -> dict[str, Any]:
+    s = api.settings.drift
     return {
         "levels": {"psi_watch": s.psi_watch, "psi_alert": s.psi_alert},
         "min_frames": s.min_frames,
         "window": s.window,
-        "cameras": service.drift.snapshot(),
+        "cameras": api.drift.snapshot(),
     }
 
 
@@ -77,12 +77,12 @@ def drift(service: Service) -> dict[str, Any]:
     status_code=202,
     responses=errors(400, 401, 404, 409, 422),
 )
-def trigger(service: Service, camera: str, body: TriggerRequest) -> dict[str, str]:
+def trigger(api: ApiDep, camera: str, body: TriggerRequest) -> dict[str, str]:
     try:
-        service.trigger(camera, body.part_id)
+        api.control.trigger(camera, body.part_id)
     except KeyError:
         raise HTTPException(
-            404, f"no camera named {camera!r}; cameras: {sorted(service.cameras)}"
+            404, f"no camera named {camera!r}; cameras: {sorted(api.cameras)}"
         ) from None
     except ValueError as exc:
         raise HTTPException(409, str(exc)) from exc
@@ -95,16 +95,14 @@ def trigger(service: Service, camera: str, body: TriggerRequest) -> dict[str, st
     dependencies=[Depends(require_token)],
     responses=errors(400, 401, 404, 422),
 )
-def reload_model(
-    service: Service, name: str, body: ReloadRequest | None = None
-) -> ModelDescription:
+def reload_model(api: ApiDep, name: str, body: ReloadRequest | None = None) -> ModelDescription:
     from pathlib import Path
 
     try:
-        model = service.reload_model(name, Path(body.path) if body and body.path else None)
+        model = api.control.reload_model(name, Path(body.path) if body and body.path else None)
     except KeyError:
         raise HTTPException(
-            404, f"no model named {name!r}; loaded: {sorted(service.models)}"
+            404, f"no model named {name!r}; loaded: {sorted(api.models.models)}"
         ) from None
     except (FileNotFoundError, CardError, ModelError, RuntimeSetupError, ValueError) as exc:
         raise HTTPException(422, f"reload refused, {name} keeps serving: {exc}") from exc

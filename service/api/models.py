@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 
-from service.api.deps import Service, find_model, require_token
+from service.api.deps import ApiDep, find_model, require_token
 from service.api.schemas import (
     ModelDescription,
     ModelsResponse,
@@ -15,7 +15,7 @@ from service.api.schemas import (
     errors,
 )
 from service.inference.card import ThresholdSpec
-from service.inference.model import Model, make_policy, thresholds_of
+from service.inference.model import Model, thresholds_of
 
 router = APIRouter(prefix="/v1", tags=["models"])
 ModelName = Annotated[
@@ -60,15 +60,15 @@ def _thresholds(model: Model) -> ThresholdsResponse:
 
 
 @router.get("/models", summary="Loaded models and how each is served.")
-def list_models(service: Service) -> ModelsResponse:
+def list_models(api: ApiDep) -> ModelsResponse:
     return ModelsResponse(
-        default=service.default_model, models=[describe(m) for m in service.models.values()]
+        default=api.models.default, models=[describe(m) for m in api.models.models.values()]
     )
 
 
 @router.get("/thresholds", summary="A model's current thresholds.", responses=errors(404, 422, 503))
-def get_thresholds(service: Service, model: ModelName = None) -> ThresholdsResponse:
-    return _thresholds(find_model(service, model))
+def get_thresholds(api: ApiDep, model: ModelName = None) -> ThresholdsResponse:
+    return _thresholds(find_model(api, model))
 
 
 @router.put(
@@ -78,15 +78,11 @@ def get_thresholds(service: Service, model: ModelName = None) -> ThresholdsRespo
     responses=errors(400, 401, 404, 422, 503),
 )
 def put_thresholds(
-    service: Service, body: ThresholdsUpdate, model: ModelName = None
+    api: ApiDep, body: ThresholdsUpdate, model: ModelName = None
 ) -> ThresholdsResponse:
-    target = find_model(service, model)
+    target = find_model(api, model)
     try:
-        policy = make_policy(
-            target.spec, ThresholdSpec(**body.model_dump()), target.policy.good_classes
-        )
+        api.control.set_thresholds(target, ThresholdSpec(**body.model_dump()))
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from exc
-    target.set_policy(policy)
-    service.metrics.threshold_updates.labels(target.spec.name).inc()
     return _thresholds(target)

@@ -22,13 +22,11 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field, field_validator
 
-from service.api.deps import Service, require_token
+from service.api.deps import Api, ApiDep, require_token
 from service.api.schemas import errors
-from service.app import LineInspect
-from service.frames import Frame
-from service.inference.model import Result
-from service.pipeline import FEED_SIZE
-from service.sinks.review import CAMERA_NAME, ITEM_ID, item_path, list_items, write_label
+from service.core.types import Frame, Result
+from service.review_store import CAMERA_NAME, ITEM_ID, item_path, list_items, write_label
+from service.sinks.live import FEED_SIZE
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["operator"])
@@ -116,7 +114,7 @@ def _with_banner(
     if result is not None and result.decision.drivers:
         top = max(result.decision.drivers, key=lambda f: f.confidence)
         detail = f"{top.class_name} {top.confidence:.2f}"
-    elif result is not None and result.decision.findings and result.prediction.task != "detect":
+    elif result is not None and result.decision.findings and result.prediction.detections is None:
         top = result.decision.findings[0]
         detail = f"{top.class_name} {top.confidence:.2f}"
     elif result is None:
@@ -139,12 +137,11 @@ def _with_banner(
     response_class=Response,
     responses={200: {"content": {"image/jpeg": {}}}, **errors(404, 422)},
 )
-def frame_jpg(request: Request, service: Service, camera: CameraName) -> Response:
-    if camera not in service.cameras:
-        raise HTTPException(404, f"no camera named {camera!r}; cameras: {sorted(service.cameras)}")
-    line = service.line
-    last = line.last_frame.get(camera) if line is not None else None
-    if line is None or last is None:
+def frame_jpg(request: Request, api: ApiDep, camera: CameraName) -> Response:
+    if camera not in api.cameras:
+        raise HTTPException(404, f"no camera named {camera!r}; cameras: {sorted(api.cameras)}")
+    last = api.live.last_frame(camera)
+    if last is None:
         raise HTTPException(404, f"camera {camera} has no judged frame yet")
     frame, result = last
     cache: dict[str, tuple[int, float, bytes]] = request.app.state.frame_cache
@@ -152,7 +149,7 @@ def frame_jpg(request: Request, service: Service, camera: CameraName) -> Respons
     if hit is not None and hit[:2] == (frame.frame_id, frame.captured_mono):
         data = hit[2]  # several screens on one camera: draw each frame once
     else:
-        data = render_frame(frame, result, line.last_verdict.get(camera))
+        data = render_frame(frame, result, api.live.last_verdict(camera))
         cache[camera] = (frame.frame_id, frame.captured_mono, data)
     return Response(
         data,
@@ -175,21 +172,21 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def drift_snapshot(service: LineInspect) -> dict[str, Any] | None:
+def drift_snapshot(api: Api) -> dict[str, Any] | None:
     """The drift monitor's per-camera state; None when drift is off (the page says n/a)."""
     try:
-        snap = service.drift.snapshot()
+        snap = api.drift.snapshot()
     except Exception as exc:  # the page must keep working whatever the monitor does
         log.warning("drift snapshot failed: %s", exc)
         return None
     return _finite(snap) or None
 
 
-def verdict_counts(service: LineInspect) -> dict[str, dict[str, int]]:
+def verdict_counts(api: Api) -> dict[str, dict[str, int]]:
     """Per camera and verdict since start, read from the one counter (not the whole registry,
     whose collection would also run the outbox and review-depth callbacks)."""
     counts: dict[str, dict[str, int]] = {}
-    for metric in service.metrics.verdicts.collect():
+    for metric in api.metrics.verdicts.collect():
         for sample in metric.samples:
             if sample.name.endswith("_total"):
                 per = counts.setdefault(sample.labels["camera"], {})
@@ -199,66 +196,65 @@ def verdict_counts(service: LineInspect) -> dict[str, dict[str, int]]:
 
 @router.get("/v1/operator/state", summary="What the operator page shows, in one poll.")
 def operator_state(
-    request: Request, service: Service, feed: Annotated[int, Query(ge=1, le=FEED_SIZE)] = 30
+    request: Request, api: ApiDep, feed: Annotated[int, Query(ge=1, le=FEED_SIZE)] = 30
 ) -> dict[str, Any]:
-    verdict_feed = service.feed
-    counts, drift = verdict_counts(service), drift_snapshot(service)
+    counts, drift = verdict_counts(api), drift_snapshot(api)
     cameras = {}
-    for cam in service.settings.cameras:
+    for cam in api.settings.cameras:
         per = counts.get(cam.name, {})
         cameras[cam.name] = {
-            "model": cam.model or service.default_model,
+            "model": cam.model or api.models.default,
             "counts": {v: per.get(v, 0) for v in ("pass", "fail", "uncertain")},
             "drift": drift.get(cam.name) if drift is not None else None,
         }
     return {
-        "line": service.settings.line.name,
+        "line": api.settings.line.name,
         "cameras": cameras,
-        "feed": verdict_feed.recent(feed),
+        "feed": api.live.recent(feed),
         "drift_available": drift is not None,
         "models": {
             name: {"task": m.spec.task, "classes": list(m.spec.classes)}
-            for name, m in service.models.items()
+            for name, m in api.models.models.items()
         },
-        "review_enabled": service.settings.review.enabled,
-        "token_required": service.settings.api.token is not None,
+        "review_enabled": api.settings.review.enabled,
+        "token_required": api.settings.api.token is not None,
     }
 
 
 # -- review queue
 
 
-def _classes_for(service: LineInspect, item: dict[str, Any]) -> list[str]:
+def _classes_for(api: Api, item: dict[str, Any]) -> list[str]:
     """The classes of the model that judged the item; all loaded models' when it is gone."""
-    model = service.models.get((item.get("model") or {}).get("name") or "")
+    model = api.models.models.get((item.get("model") or {}).get("name") or "")
     if model is not None:
         return list(model.spec.classes)
-    return sorted({c for m in service.models.values() for c in m.spec.classes})
+    return sorted({c for m in api.models.models.values() for c in m.spec.classes})
 
 
-def _public(service: LineInspect, item: dict[str, Any]) -> dict[str, Any]:
+def _public(api: Api, item: dict[str, Any]) -> dict[str, Any]:
     keys = ("id", "camera", "frame_id", "part_id", "sequence", "captured_at", "reason",
             "verdict", "decision", "model", "task", "width", "height", "findings", "label",
             "labelled_by", "labelled_at")  # fmt: skip
     out = {k: item.get(k) for k in keys}
     out["image_url"] = f"/v1/review/{item.get('camera')}/{item.get('id')}.jpg"
-    out["classes"] = _classes_for(service, item)
+    out["classes"] = _classes_for(api, item)
     return out
 
 
 @router.get("/v1/review", summary="Review items, newest first.", tags=["review"])
 def review_list(
-    service: Service,
+    api: ApiDep,
     camera: Annotated[str | None, Query(pattern=CAMERA_NAME.pattern)] = None,
     status: Literal["pending", "labelled", "all"] = "pending",
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> dict[str, Any]:
-    items = list_items(service.settings.review.path, camera, status, limit)
-    return {"items": [_public(service, i) for i in items]}
+    items = list_items(api.settings.review.path, camera, status, limit)
+    return {"items": [_public(api, i) for i in items]}
 
 
-def _find(service: LineInspect, camera: str, item_id: str) -> Path:
-    path = item_path(service.settings.review.path, camera, item_id)
+def _find(api: Api, camera: str, item_id: str) -> Path:
+    path = item_path(api.settings.review.path, camera, item_id)
     if path is None:
         raise HTTPException(404, f"no review item {item_id} for camera {camera}")
     return path
@@ -271,10 +267,10 @@ def _find(service: LineInspect, camera: str, item_id: str) -> Path:
     response_class=FileResponse,
     responses={200: {"content": {"image/jpeg": {}}}, **errors(404, 422)},
 )
-def review_image(service: Service, camera: CameraName, item_id: ItemId) -> FileResponse:
-    image = _find(service, camera, item_id).with_suffix(".jpg")
+def review_image(api: ApiDep, camera: CameraName, item_id: ItemId) -> FileResponse:
+    image = _find(api, camera, item_id).with_suffix(".jpg")
     if not image.is_file() or not image.resolve().is_relative_to(
-        service.settings.review.path.resolve()
+        api.settings.review.path.resolve()
     ):
         raise HTTPException(404, f"the image of review item {item_id} is missing")
     return FileResponse(image, media_type="image/jpeg", headers={"Cache-Control": "private"})
@@ -315,11 +311,11 @@ class LabelRequest(BaseModel):
     responses=errors(400, 401, 404, 422),
 )
 def review_label(
-    service: Service, camera: CameraName, item_id: ItemId, body: LabelRequest
+    api: ApiDep, camera: CameraName, item_id: ItemId, body: LabelRequest
 ) -> dict[str, Any]:
-    path = _find(service, camera, item_id)
+    path = _find(api, camera, item_id)
     item = json.loads(path.read_text())
-    classes = _classes_for(service, item)
+    classes = _classes_for(api, item)
     named = [body.label] if isinstance(body.label, str) else [b.class_name for b in body.label]
     unknown = sorted({c for c in named if c not in classes})
     if unknown:
@@ -331,7 +327,7 @@ def review_label(
     label = body.label if isinstance(body.label, str) else [b.model_dump() for b in body.label]
     item = write_label(path, label, body.inspector)
     log.info("review item %s/%s labelled by %s", camera, item_id, body.inspector)
-    return _public(service, item)
+    return _public(api, item)
 
 
 # -- the page and its files

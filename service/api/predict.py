@@ -8,19 +8,21 @@ import uuid
 from collections.abc import AsyncGenerator
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from service.api.deps import Service, find_model, predict_token
-from service.api.schemas import PredictResponse, errors, predict_response
-from service.batcher import MicroBatcher, OverloadedError
+from service.api.batcher import MicroBatcher, OverloadedError
+from service.api.deps import ApiDep, find_model, predict_token
+from service.api.schemas import errors
+from service.core.types import Result, StageTimes
+from service.core.wire import PredictResponse, predict_response
 from service.imageio import GENERIC_MEDIA_TYPES, MEDIA_TYPES, ImageError, decode_image
-from service.inference.model import Model, Result
+from service.inference.model import Model
 from service.inference.preprocess import Geometry
 from service.metrics import Metrics
-from service.types import StageTimes
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 FILE_FIELDS = ("image", "file")
@@ -91,7 +93,7 @@ async def _file_from_multipart(
         await form.close()
 
 
-def _prepare(model: Model, data: bytes, max_pixels: int) -> tuple[object, Geometry, StageTimes]:
+def _prepare(model: Model, data: bytes, max_pixels: int) -> tuple[np.ndarray, Geometry, StageTimes]:
     t0 = time.perf_counter()
     image = decode_image(data, max_pixels)
     t1 = time.perf_counter()
@@ -110,15 +112,15 @@ def _prepare(model: Model, data: bytes, max_pixels: int) -> tuple[object, Geomet
 )
 async def predict(
     request: Request,
-    service: Service,
+    api: ApiDep,
     model: Annotated[
         str | None,
         Query(min_length=1, max_length=128, description="Model name; default: the first."),
     ] = None,
 ) -> Response:
-    metrics, api = service.metrics, service.settings.api
-    target = find_model(service, model)
-    batcher = service.batchers[target.spec.name]
+    metrics, limits = api.metrics, api.settings.api
+    target = find_model(api, model)
+    batcher = api.models.batchers[target.spec.name]
     media = request.headers.get("content-type", "application/octet-stream").split(";")[0]
     media = media.strip().lower()
     if (
@@ -132,13 +134,13 @@ async def predict(
             "media_type",
             f"unsupported media type {media!r}: send {', '.join(RAW_TYPES)} or multipart/form-data",
         )
-    body = await read_limited(request, api.max_body_bytes, metrics)
+    body = await read_limited(request, limits.max_body_bytes, metrics)
     if media == "multipart/form-data":
-        body = await _file_from_multipart(request, body, api.max_body_bytes, metrics)
+        body = await _file_from_multipart(request, body, limits.max_body_bytes, metrics)
 
     try:
         async with batcher.admitted():  # bounds the decoded images and tensors held at once
-            result = await _judge(batcher, target, body, api.max_image_pixels, metrics)
+            result = await _judge(batcher, target, body, limits.max_image_pixels, metrics)
     except OverloadedError as exc:
         metrics.rejected_inputs.labels("overloaded").inc()
         raise HTTPException(503, f"overloaded: {exc}", {"Retry-After": "1"}) from exc
@@ -162,7 +164,7 @@ async def _judge(
     except BaseException:
         batcher.withdraw()
         raise
-    future = batcher.submit(tensor, geometry, times, target)  # type: ignore[arg-type]
+    future = batcher.submit(tensor, geometry, times, target)
     return await asyncio.wrap_future(future)
 
 

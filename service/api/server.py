@@ -1,4 +1,4 @@
-"""The FastAPI application and the uvicorn server around a started `LineInspect`."""
+"""The FastAPI application over an `Api` (api/deps.py), and the uvicorn server settings."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
 from service.api import health, line, models, operator, predict
-from service.app import LineInspect
+from service.api.deps import Api
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,8 @@ class HttpMetrics:
             self.metrics.http_duration.labels(path, method).observe(time.perf_counter() - start)
 
 
-def create_app(service: LineInspect) -> FastAPI:
-    docs = service.settings.api.docs
+def create_app(api: Api) -> FastAPI:
+    docs = api.settings.api.docs
     app = FastAPI(
         title="lineinspect",
         version=__version__,
@@ -58,13 +58,13 @@ def create_app(service: LineInspect) -> FastAPI:
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
-    app.state.service = service
+    app.state.api = api
     app.include_router(predict.router)
     app.include_router(models.router)
     app.include_router(line.router)
     app.include_router(health.router)
     operator.install(app)  # /ui and the routes behind it
-    app.add_middleware(HttpMetrics, metrics=service.metrics)
+    app.add_middleware(HttpMetrics, metrics=api.metrics)
     return app
 
 

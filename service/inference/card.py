@@ -13,7 +13,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-Task = Literal["detect", "classify", "anomaly"]
 Layout = Literal["yolov5", "yolov8", "end2end"]
 ResizeMode = Literal["letterbox", "resize", "center_crop"]
 ColorOrder = Literal["rgb", "bgr", "gray"]
@@ -109,7 +108,10 @@ class ModelCard(_Strict):
     schema_version: int = Field(1, description="Card format version.")
     name: str | None = Field(None, description="Model name; default: the file's stem.")
     version: str | None = Field(None, description="Model version, carried on every verdict.")
-    task: Task | None = Field(None, description="detect, classify or anomaly.")
+    task: str | None = Field(
+        None,
+        description="A model family: detect, classify or anomaly (service/inference/families).",
+    )
     layout: Layout | None = Field(None, description="Detector output layout, if not detected.")
     classes: list[str] | None = Field(None, description="Class names in output order.")
     good_classes: list[str] = Field(

@@ -1,8 +1,9 @@
-"""A served model: one ONNX Runtime session, its resolved spec, and its live decision policy.
+"""A served model: one ONNX Runtime session, its resolved spec, its family (what the outputs
+mean) and its live decision policy.
 
-`preprocess` -> `run` (batched) -> `postprocess` -> `decide` are separate so the HTTP path can
-micro-batch `run` across requests and the line can overlap the stages; `predict` chains them for
-the in-process path.
+`preprocess` and `run` are separate so the HTTP path can micro-batch `run` across requests and
+the line can overlap the stages; postprocessing and the decision happen in the batch runner
+(`service.inference.runner`), which `predict` uses for the in-process path.
 """
 
 from __future__ import annotations
@@ -11,27 +12,19 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from service import decision as decide_mod
-from service.decision import DecisionPolicy
-from service.inference import yolo
+from service.core.types import ModelIdentity, Result, StageTimes
 from service.inference.card import ModelCard, ThresholdSpec, card_path_for, load_card
+from service.inference.families import Family, family_for
 from service.inference.preprocess import Geometry, UInt8Image, preprocess
 from service.inference.registry import ModelSpec, resolve
+from service.inference.runner import run_batch
 from service.inference.runtime import RuntimeOptions, create_session
-from service.types import (
-    AnomalyScore,
-    Decision,
-    Detections,
-    ModelIdentity,
-    Prediction,
-    StageTimes,
-)
+from service.stages.decide import DecisionPolicy
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +34,6 @@ log = logging.getLogger(__name__)
 # activations (~50 MB at 640 px) to ONNX Runtime's arena, which keeps its peak: with a 640-px
 # model the HTTP server reached 861 MB RSS at 16 clients (docs/BENCHMARKS.md, issue 6).
 CPU_RUN_PIXELS = 640 * 640
-
-
-@dataclass(frozen=True)
-class Result:
-    """One image's full outcome: what the model saw, what was decided, and how long it took."""
-
-    model: ModelIdentity
-    prediction: Prediction
-    decision: Decision
-    times: StageTimes
-    batch_size: int = 1
 
 
 def make_policy(
@@ -85,13 +67,6 @@ def thresholds_of(policy: DecisionPolicy) -> ThresholdSpec:
     )
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    z = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    out: np.ndarray = (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
-    return out
-
-
 class Model:
     def __init__(
         self, spec: ModelSpec, session: Any, policy: DecisionPolicy, card: ModelCard | None
@@ -101,6 +76,7 @@ class Model:
         self.card = card
         self.providers: list[str] = list(session.get_providers())
         self.identity = ModelIdentity(spec.name, spec.version, spec.sha256, spec.task)
+        self.family: Family = family_for(spec, [o.name for o in session.get_outputs()])
         self._policy = policy
         self._policy_lock = threading.Lock()
         self.warmed = False
@@ -167,93 +143,20 @@ class Model:
                 per_image[i] = [out[k : k + 1] for out in outputs]
         return per_image
 
-    def postprocess(
-        self, outputs: list[np.ndarray], geometry: Geometry, policy: DecisionPolicy
-    ) -> Prediction:
-        """One image's raw outputs (a batch axis of one, as `run_each` gives them)."""
-        spec = self.spec
-        if spec.task == "detect":
-            assert spec.layout is not None
-            raw = np.asarray(outputs[0][0], dtype=np.float32)
-            boxes, conf, cls = yolo.detect(
-                raw,
-                spec.layout,
-                len(spec.classes),
-                policy.confidence_floor(),
-                spec.nms_iou,
-                spec.max_detections,
-            )
-            dets = Detections(geometry.to_original(boxes), conf, cls)
-            return Prediction("detect", geometry.image_size, detections=dets)
-        if spec.task == "classify":
-            row = np.asarray(outputs[0][0], dtype=np.float32).reshape(-1)
-            probs = row if spec.output_kind == "probabilities" else softmax(row)
-            return Prediction("classify", geometry.image_size, probabilities=probs)
-        names = [o.name for o in self.session.get_outputs()]
-        raw_score = float(np.asarray(outputs[names.index(spec.score_output)][0]).reshape(-1)[0])
-        amap = None
-        if spec.map_output is not None:
-            amap = np.asarray(outputs[names.index(spec.map_output)][0], np.float32).squeeze()
-        return Prediction(
-            "anomaly",
-            geometry.image_size,
-            anomaly=AnomalyScore(
-                score=self.normalise(raw_score),
-                raw=raw_score,
-                map=None if amap is None else self.normalise_array(amap),
-            ),
-        )
-
-    def normalise(self, raw: float) -> float:
-        return float(self.normalise_array(np.float32(raw)))
-
-    def normalise_array(self, raw: Any) -> Any:
-        """Anomalib-style min-max normalisation that puts the calibrated threshold at 0.5."""
-        a = self.spec.anomaly
-        if a is None:
-            return raw
-        return np.clip((raw - a.threshold) / (a.max - a.min) + 0.5, 0.0, 1.0)
-
-    @staticmethod
-    def decide(prediction: Prediction, policy: DecisionPolicy) -> Decision:
-        if prediction.detections is not None:
-            return decide_mod.decide_detections(prediction.detections, policy)
-        if prediction.probabilities is not None:
-            return decide_mod.decide_classification(prediction.probabilities, policy)
-        assert prediction.anomaly is not None
-        return decide_mod.decide_anomaly(prediction.anomaly, policy)
-
-    def finish(
-        self,
-        outputs: list[np.ndarray],
-        geometry: Geometry,
-        times: StageTimes,
-        batch_size: int,
-    ) -> Result:
-        """Postprocess and decide one image of a batch that has run (its `run_each` outputs)."""
-        policy = self.policy  # one snapshot for both steps
-        t0 = time.perf_counter()
-        prediction = self.postprocess(outputs, geometry, policy)
-        t1 = time.perf_counter()
-        decision = self.decide(prediction, policy)
-        t2 = time.perf_counter()
-        times = StageTimes(times.decode, times.preprocess, times.infer, t1 - t0, t2 - t1)
-        return Result(self.identity, prediction, decision, times, batch_size)
-
     def predict(self, images: list[UInt8Image]) -> list[Result]:
         """The in-process path: a list of decoded BGR images -> one Result each, one batch."""
         if not images:
             return []
         t0 = time.perf_counter()
         prepared = [self.preprocess(img) for img in images]
-        t1 = time.perf_counter()
-        outputs = self.run_each([p[0] for p in prepared])
-        t2 = time.perf_counter()
-        n = len(images)
-        times = StageTimes(preprocess=(t1 - t0) / n, infer=(t2 - t1) / n)
-        return [
-            self.finish(out, g, times, n) for out, (_, g) in zip(outputs, prepared, strict=True)
-        ]
+        each = StageTimes(preprocess=(time.perf_counter() - t0) / len(images))
+        results = run_batch(
+            self, [p[0] for p in prepared], [p[1] for p in prepared], [each] * len(images)
+        )
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return results  # type: ignore[return-value]
 
     def warmup(self, runs: int) -> None:
         h, w = self.spec.preprocess.size

@@ -7,18 +7,18 @@ user which guesses were made, and every refusal names the exact reason.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from service.inference.card import AnomalySpec, InputSpec, Layout, ModelCard, Task
+from service.inference.card import AnomalySpec, InputSpec, Layout, ModelCard
+from service.inference.errors import ModelError
+from service.inference.families import FamilyType, Outputs, Probe, family_type, guess_order, tasks
 from service.inference.metadata import ExportMetadata, parse_metadata
 from service.inference.preprocess import PreprocessSpec
 
-SUPPORTED_TASKS = ("detect", "classify", "anomaly")
 UNSUPPORTED_TASKS = {
     "segment": "instance segmentation",
     "pose": "pose estimation",
@@ -30,17 +30,13 @@ INPUT_TYPES: dict[str, type[np.floating[Any]]] = {
 }
 
 
-class ModelError(ValueError):
-    """This model cannot be served; the message says exactly why."""
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     path: Path
     name: str
     version: str
     sha256: str
-    task: Task
+    task: str  # a registered model family (service.inference.families)
     classes: tuple[str, ...]
     input_name: str
     fixed_batch: int | None  # None: dynamic batch axis
@@ -77,78 +73,34 @@ def _probe(session: Any, name: str, shape: tuple[int, ...], dtype: Any) -> dict[
     return {o.name: np.asarray(v) for o, v in zip(session.get_outputs(), outs, strict=True)}
 
 
-def detect_layout(
-    shape: tuple[int, ...], num_classes: int | None, end2end: bool | None
-) -> tuple[Layout, int]:
-    """(layout, num_classes) from a concrete (B, a, b) detector output shape."""
-    if len(shape) != 3:
-        raise ModelError(f"a detector output must have rank 3 (batch, ., .), got {list(shape)}")
-    _, a, b = shape
-    if end2end:
-        if b != 6:
-            raise ModelError(f"end-to-end output must be (batch, K, 6), got {list(shape)}")
-        return "end2end", num_classes or 0
-    if num_classes is not None:
-        v8_fits, v5_fits = a == 4 + num_classes, b == 5 + num_classes
-        if v8_fits and (not v5_fits or a < b):  # both fit only for toy shapes: fewer channels
-            return "yolov8", num_classes
-        if v5_fits:
-            return "yolov5", num_classes
-        if b == 6 and a <= 1000:
-            return "end2end", num_classes
-        raise ModelError(
-            f"output {list(shape)} fits no known layout for {num_classes} classes: expected "
-            f"yolov8 (batch, {4 + num_classes}, N), yolov5 (batch, N, {5 + num_classes}) or "
-            "end-to-end (batch, K, 6); set `layout` and `classes` in the model card"
-        )
-    if a < b and a > 4:
-        return "yolov8", a - 4
-    if b == 6 and a in (100, 300):
-        return "end2end", 0
-    if b > 5:
-        return "yolov5", b - 5
-    raise ModelError(f"cannot tell the detector layout from output {list(shape)}")
-
-
 def _task(
     meta: ExportMetadata, card: ModelCard | None, outs: dict[str, np.ndarray]
-) -> tuple[Task, str]:
+) -> tuple[FamilyType, str]:
+    """The model's family: named by the card, else by the export metadata, else the first family
+    whose `claims` recognises the outputs."""
     if card and card.task:
-        return card.task, "card"
+        return _family(card.task, "card"), "card"
     if meta.task:
         if meta.task in UNSUPPORTED_TASKS:
             raise ModelError(
                 f"task '{meta.task}' ({UNSUPPORTED_TASKS[meta.task]}) is not served; "
-                f"lineinspect serves {', '.join(SUPPORTED_TASKS)}"
+                f"lineinspect serves {', '.join(tasks())}"
             )
-        if meta.task not in SUPPORTED_TASKS:
-            raise ModelError(f"unknown task '{meta.task}' in the ONNX metadata")
-        return meta.task, "metadata"  # type: ignore[return-value]
-    names = " ".join(outs).lower()
-    if re.search(r"score|anomal", names):
-        return "anomaly", "output names"
-    first = next(iter(outs.values()))
-    if len(outs) == 1 and first.ndim == 2:
-        return "classify", "output shape"
-    if first.ndim == 3:
-        return "detect", "output shape"
+        return _family(meta.task, "the ONNX metadata"), "metadata"
+    for family in guess_order():
+        if family.claims(outs):
+            return family, "output names" if family.guess_rank <= 10 else "output shape"
     shapes = {k: list(v.shape) for k, v in outs.items()}
     raise ModelError(f"cannot tell the task from outputs {shapes}; set `task` in the model card")
 
 
-def _classes(
-    card: ModelCard | None, meta: ExportMetadata, count: int | None, sources: dict[str, str]
-) -> tuple[str, ...] | None:
-    if card and card.classes is not None:
-        sources["classes"] = "card"
-        return tuple(card.classes)
-    if meta.names is not None:
-        sources["classes"] = "metadata"
-        return tuple(meta.names)
-    if count is not None:
-        sources["classes"] = "output shape (unnamed)"
-        return tuple(f"class{i}" for i in range(count))
-    return None
+def _family(task: str, named_by: str) -> FamilyType:
+    try:
+        return family_type(task)
+    except KeyError:
+        raise ModelError(
+            f"unknown task '{task}' in {named_by}; lineinspect serves {', '.join(tasks())}"
+        ) from None
 
 
 def resolve(path: Path, session: Any, card: ModelCard | None) -> ModelSpec:
@@ -195,58 +147,10 @@ def resolve(path: Path, session: Any, card: ModelCard | None) -> ModelSpec:
         )
     dtype = INPUT_TYPES[inp.type]
     outs = _probe(session, inp.name, (batch_dim or 1, channels, *size), dtype)
-    task, sources["task"] = _task(meta, card, outs)
-
-    layout: Layout | None = None
-    output_kind = score_output = map_output = None
-    first_name, first = next(iter(outs.items()))
-    if task == "detect":
-        known = card.classes if card and card.classes else meta.names
-        if card and card.layout:
-            layout, sources["layout"] = card.layout, "card"
-            _, count = detect_layout(
-                first.shape, len(known) if known else None, layout == "end2end"
-            )
-        else:
-            layout, count = detect_layout(first.shape, len(known) if known else None, meta.end2end)
-            sources["layout"] = "metadata" if meta.end2end else "output shape"
-        classes = _classes(card, meta, count or None, sources)
-        if classes is None:
-            raise ModelError(
-                "an end-to-end detector's output does not say how many classes it has; "
-                "set `classes` in the model card"
-            )
-    elif task == "classify":
-        if first.ndim > 2 and all(d == 1 for d in first.shape[2:]):  # (batch, classes, 1, 1)
-            first = first.reshape(first.shape[0], -1)
-        if first.ndim != 2:
-            raise ModelError(
-                f"a classifier output must be (batch, classes), got {list(first.shape)}"
-            )
-        classes = _classes(card, meta, first.shape[1], sources)
-        assert classes is not None
-        if len(classes) != first.shape[1]:
-            raise ModelError(
-                f"output '{first_name}' has {first.shape[1]} classes but {sources['classes']} "
-                f"lists {len(classes)}: {list(classes)}"
-            )
-        if card and card.output.kind:
-            output_kind, sources["output.kind"] = card.output.kind, "card"
-        else:
-            row = first[0].astype(np.float64)
-            is_prob = bool(np.all(row >= 0) and np.all(row <= 1) and abs(row.sum() - 1) < 1e-3)
-            output_kind = "probabilities" if is_prob else "logits"
-            sources["output.kind"] = "test inference"
-    else:
-        classes = ("anomaly",)
-        sources["classes"] = "anomaly"
-        score_output, map_output = _anomaly_outputs(card, outs)
-        sources["anomaly.outputs"] = "card" if card and card.output.score else "output names"
-        if not (card and card.anomaly):
-            warnings.append(
-                "no `anomaly` normalisation in the card: the raw score is compared with the "
-                "threshold as it is"
-            )
+    family, sources["task"] = _task(meta, card, outs)
+    task = family.task
+    resolved: Outputs = family.outputs(Probe(card, meta, outs, sources, warnings))
+    classes, layout = resolved.classes, resolved.layout
 
     good = card.good_classes if card else []
     if classes and sources.get("classes", "").startswith("output shape"):
@@ -255,22 +159,19 @@ def resolve(path: Path, session: Any, card: ModelCard | None) -> ModelSpec:
     resize = spec_in.resize if spec_in and spec_in.resize else None
     if resize:
         sources["input.resize"] = "card"
-    elif task == "detect":
-        resize, sources["input.resize"] = "letterbox", "default for detectors"
-    elif task == "classify" and meta.author and "ultralytics" in meta.author.lower():
-        resize, sources["input.resize"] = "center_crop", "Ultralytics classifier"
     else:
-        resize, sources["input.resize"] = "resize", "default"
+        resize, sources["input.resize"] = family.default_resize(meta)
     color = spec_in.color if spec_in and "color" in set_in else ("gray" if channels == 1 else "rgb")
     sources["input.normalisation"] = "card" if set_in & {"scale", "mean", "std"} else "default /255"
-    if task != "detect" and not card:
+    if not family.self_describing and not card:
         warnings.append(
             "no model card: preprocessing assumed (resize, RGB, /255, no mean/std); "
             "write a card if the model was trained otherwise"
         )
     defaults = spec_in or InputSpec()
     stride = None
-    if task == "detect" and resize == "letterbox" and not (h_dim or w_dim) and defaults.rect:
+    rect = family.rect_letterbox and resize == "letterbox" and defaults.rect
+    if rect and not (h_dim or w_dim):
         # A dynamic-size detector takes the minimum rectangle, as Ultralytics' predict gives it.
         stride = meta.stride or 32
         sources["input.rect"] = f"stride {stride} ({'metadata' if meta.stride else 'default'})"
@@ -316,9 +217,9 @@ def resolve(path: Path, session: Any, card: ModelCard | None) -> ModelSpec:
         fixed_batch=batch_dim,
         preprocess=pre,
         layout=layout,
-        output_kind=output_kind,
-        score_output=score_output,
-        map_output=map_output,
+        output_kind=resolved.output_kind,
+        score_output=resolved.score_output,
+        map_output=resolved.map_output,
         anomaly=card.anomaly if card else None,
         nms_iou=card.nms_iou if card else 0.45,
         max_detections=card.max_detections if card else 300,
@@ -332,23 +233,3 @@ def _triple(value: tuple[float, float, float] | float) -> tuple[float, float, fl
     if isinstance(value, int | float):
         return (float(value),) * 3
     return (float(value[0]), float(value[1]), float(value[2]))
-
-
-def _anomaly_outputs(card: ModelCard | None, outs: dict[str, np.ndarray]) -> tuple[str, str | None]:
-    names = list(outs)
-    score = card.output.score if card and card.output.score else None
-    amap = card.output.map if card and card.output.map else None
-    for name in (score, amap):
-        if name is not None and name not in outs:
-            raise ModelError(f"the card names output '{name}', but the model's outputs are {names}")
-    if score is None:
-        small = [n for n in names if outs[n].size == outs[n].shape[0]]  # one value per image
-        named = [n for n in small if re.search(r"score", n, re.I)] or small
-        if not named:
-            shapes = {k: list(v.shape) for k, v in outs.items()}
-            raise ModelError(f"no anomaly-score output (one value per image) among {shapes}")
-        score = named[0]
-    if amap is None:
-        maps = [n for n in names if n != score and outs[n].ndim >= 3]
-        amap = maps[0] if maps else None
-    return score, amap

@@ -50,7 +50,7 @@ def _serve(settings: Settings, start: bool = True) -> tuple[Running, Callable[[]
     if start:
         service.start()
     port = free_port()
-    server = uvicorn.Server(uvicorn_config(create_app(service), "127.0.0.1", port))
+    server = uvicorn.Server(uvicorn_config(create_app(service.api()), "127.0.0.1", port))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15

@@ -173,7 +173,7 @@ def test_hostile_inputs_get_4xx_and_the_service_stays_healthy(
 def test_thresholds_change_at_runtime_without_reload(serve: Serve, neu_images: list[Path]) -> None:
     running = serve()
     c = running.client
-    model = running.service.models["neu-cls-demo"]
+    model = running.service.served.models["neu-cls-demo"]
     session = model.session
     data = neu_images[0].read_bytes()
     before = post_image(c, data).json()

@@ -223,7 +223,7 @@ def test_review_queue_keeps_uncertain_frames_within_budget(
     metrics = running.client.get("/metrics").text
     assert 'lineinspect_review_dropped_total{camera="cam1",reason="budget"} 25.0' in metrics
 
-    from service.sinks.review import export
+    from service.review_store import export
     from training.dataset import load_dataset
 
     assert export(tmp_path / "review", tmp_path / "out-folders", "folders") == 5

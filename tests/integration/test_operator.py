@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from service.inference.model import load_model
-from service.sinks.review import export
+from service.review_store import export
 from tests.integration.conftest import REPO, Broker, Running
 from tests.integration.test_line import folder_camera, line_config
 
@@ -62,11 +62,12 @@ def start_line(
     running = serve(config=cfg)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        last = running.service.line.last_verdict if running.service.line else {}
-        if all((last.get(c) or {}).get("frame_id") == len(i) for c, i in cameras.items()):
+        live = running.service.live
+        if all((live.last_verdict(c) or {}).get("frame_id") == len(i) for c, i in cameras.items()):
             return running
         time.sleep(0.05)
-    raise AssertionError(f"the line did not judge every frame: {running.service.line.last_verdict}")
+    last = {c: running.service.live.last_verdict(c) for c in cameras}
+    raise AssertionError(f"the line did not judge every frame: {last}")
 
 
 def strip_a_counts(data_dir: Path) -> dict[str, int]:
@@ -84,7 +85,8 @@ def strip_a_counts(data_dir: Path) -> dict[str, int]:
 
 
 def driving_box(running: Running, camera: str) -> list[float]:
-    verdict = running.service.line.last_verdict[camera]
+    verdict = running.service.live.last_verdict(camera)
+    assert verdict is not None
     assert verdict["verdict"] == "fail", verdict
     return next(f["box"] for f in verdict["findings"] if f["outcome"] == "fail")
 
@@ -168,7 +170,7 @@ def test_review_labels_are_written_checked_and_exported(
     assert len(c.get("/v1/review", params={"limit": 2}).json()["items"]) == 2
     assert c.get("/v1/review", params={"limit": 100000}).status_code == 422
     newest, older = items[0], items[1]
-    assert newest["classes"] == list(running.service.models["neu-det-demo"].spec.classes)
+    assert newest["classes"] == list(running.service.served.models["neu-det-demo"].spec.classes)
     assert newest["findings"][0]["class_name"] == "inclusion" and newest["task"] == "detect"
 
     jpg = c.get(newest["image_url"])

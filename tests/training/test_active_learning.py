@@ -20,11 +20,13 @@ import numpy as np
 import pytest
 
 from service.cli import main
-from service.frames import Frame
+from service.core.types import Frame, Judged
 from service.inference.model import load_model
 from service.inference.runtime import RuntimeOptions
 from service.metrics import Metrics
-from service.sinks.review import ReviewQueue, iter_items, write_label
+from service.review_store import iter_items, write_label
+from service.sinks.review import ReviewSink
+from service.sinks.verdicts import NullPublisher
 from training.anomaly import TILE_GAP, TILE_NAME, _images_in, read_image
 
 FAST = RuntimeOptions(warmup_runs=1, intra_op_threads=1, inter_op_threads=1)
@@ -71,7 +73,9 @@ def test_review_labels_make_a_better_model(data_dir: Path, tmp_path: Path) -> No
 
     # 2. the line: the first model judges new frames, the review queue keeps every one of them
     model = load_model(first / "m.onnx", FAST)
-    queue = ReviewQueue(tmp_path / "review", lambda *_: None, Metrics(), sample_rate=1.0, seed=0)
+    queue = ReviewSink(
+        tmp_path / "review", NullPublisher(), Metrics(), sample_rate=1.0, queue_size=1000, seed=0
+    )
     truth: dict[int, str] = {}
     frame_id = 0
     rng = np.random.default_rng(0)
@@ -84,8 +88,9 @@ def test_review_labels_make_a_better_model(data_dir: Path, tmp_path: Path) -> No
             frame_id += 1
             result = model.predict([image])[0]
             frame = Frame("tile-cam", frame_id, image, time.monotonic(), time.time() + frame_id)
-            queue.offer(frame, result, frame_id)
+            queue.handle(Judged(frame, result, None, time.monotonic(), sequence=frame_id))
             truth[frame_id] = "good" if folder.name == "MT_Free" else folder.name
+    queue.close()  # the writer thread has stored every item
     items = list(iter_items(tmp_path / "review"))
     assert len(items) == frame_id > 30
     # 3. an inspector labels all but one; the export leaves the unlabelled one out

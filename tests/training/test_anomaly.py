@@ -13,10 +13,10 @@ import onnx
 import pytest
 import torch
 
+from service.core.types import Verdict
 from service.inference.card import load_card
 from service.inference.model import load_model
 from service.inference.runtime import RuntimeOptions
-from service.types import Verdict
 from training import anomaly as A  # noqa: N812
 
 FAST = RuntimeOptions(warmup_runs=1, intra_op_threads=1, inter_op_threads=1)

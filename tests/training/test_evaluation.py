@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.decision import DecisionPolicy, decide_classification
-from service.types import Verdict
+from service.core.types import Verdict
+from service.stages.decide import DecisionPolicy, decide_classification
 from training import evaluate, thresholds
 
 

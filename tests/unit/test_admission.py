@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.batcher import MicroBatcher, OverloadedError
+from service.api.batcher import MicroBatcher, OverloadedError
 from service.inference.model import load_model
 from service.inference.runtime import RuntimeOptions
 from service.metrics import Metrics

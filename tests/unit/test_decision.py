@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.decision import (
+from service.core.types import AnomalyScore, Detections, Outcome, Verdict
+from service.stages.decide import (
     DecisionPolicy,
     decide_anomaly,
     decide_classification,
     decide_detections,
     score_outcome,
 )
-from service.types import AnomalyScore, Detections, Outcome, Verdict
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from service.config import DriftConfig
+from service.core.types import Frame
 from service.drift import (
     STATS,
-    DriftMonitor,
     Reference,
     Window,
     image_stats,
@@ -21,11 +21,11 @@ from service.drift import (
     merge_bins,
     psi,
 )
-from service.frames import Frame
 from service.inference.card import load_card
 from service.inference.model import load_model
 from service.inference.runtime import RuntimeOptions
 from service.metrics import Metrics
+from service.sinks.drift import DriftMonitor
 from training.cards import image_stats as training_image_stats
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.frames import BufferPolicy, Frame, FrameBuffer
+from service.core.types import Frame
+from service.core.wire import topic_segment, verdict_payload
 from service.inference.runtime import parallelism
 from service.outbox import Outbox
-from service.pipeline import Outcome, Turns, topic_segment, verdict_payload
 from service.sinks.review import HourlyBudget
+from service.stages.buffer import BufferPolicy, FrameBuffer
+from service.stages.infer import Turns
 
 
 def frame(i: int, camera: str = "c") -> Frame:
@@ -110,7 +112,7 @@ def test_topic_segments(name: str, segment: str) -> None:
 
 def test_error_verdict_payload_is_versioned_and_uncertain() -> None:
     f = Frame("cam", 7, np.zeros((1, 1, 3), np.uint8), time.monotonic() - 0.01, time.time(), "P-9")
-    body = verdict_payload("l1", Outcome(f, None, "inference failed: boom", time.monotonic()), 42)
+    body = verdict_payload("l1", f, None, "inference failed: boom", 42, time.monotonic())
     assert body["schema_version"] == 1 and body["sequence"] == 42 and body["part_id"] == "P-9"
     assert (
         body["verdict"] == "uncertain"
@@ -174,7 +176,7 @@ def test_parallelism(
 def test_folder_source_plays_class_folders_in_name_order_or_shuffled(tmp_path: Path) -> None:
     import cv2
 
-    from service.capture import make_source
+    from service.stages.capture import make_source
 
     for cls in ("bad", "good"):
         (tmp_path / cls / "Imgs").mkdir(parents=True)

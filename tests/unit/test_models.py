@@ -13,11 +13,11 @@ import pytest
 import yaml
 from onnx import TensorProto, helper
 
+from service.core.types import Outcome, Verdict
 from service.inference.card import CardError
+from service.inference.errors import ModelError
 from service.inference.model import Model, load_model
-from service.inference.registry import ModelError
 from service.inference.runtime import RuntimeOptions, RuntimeSetupError, choose_providers
-from service.types import Outcome, Verdict
 from tests import onnx_factory as f
 
 FAST = RuntimeOptions(warmup_runs=1)

@@ -1,15 +1,29 @@
-"""Frozen value types that flow between the stages: predictions, decisions, model identity."""
+"""Frozen value types that flow between the stages: frames, predictions, decisions, results.
+
+Nothing here imports another lineinspect module, so every stage, sink and the API can share
+them without importing the model or the pipeline."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Frame:
+    camera: str
+    frame_id: int  # per camera, increasing from 1 for each run of the service
+    image: np.ndarray  # BGR uint8
+    captured_mono: float  # time.monotonic() at capture: for latencies
+    captured_wall: float  # time.time() at capture: for people and PLCs
+    part_id: str | None = None  # set in trigger mode: the part this frame inspects
 
 
 class Verdict(StrEnum):
@@ -127,3 +141,35 @@ class StageTimes:
     @property
     def total(self) -> float:
         return self.decode + self.preprocess + self.infer + self.postprocess + self.decide
+
+
+@dataclass(frozen=True)
+class Result:
+    """One image's full outcome: what the model saw, what was decided, and how long it took."""
+
+    model: ModelIdentity
+    prediction: Prediction
+    decision: Decision
+    times: StageTimes
+    batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One frame through the line, as the publish stage hands it to every sink: its result, or
+    why there is none, its per-camera sequence number and its wire payload."""
+
+    frame: Frame
+    result: Result | None
+    error: str | None
+    done_mono: float  # time.monotonic() when the result (or the error) was known
+    sequence: int = 0
+    payload: dict[str, Any] = field(default_factory=dict)  # the MQTT verdict (core.wire)
+
+    @property
+    def camera(self) -> str:
+        return self.frame.camera
+
+    @property
+    def latency_s(self) -> float:
+        return max(0.0, self.done_mono - self.frame.captured_mono)

@@ -1,4 +1,4 @@
-"""Frames and the bounded buffer between a camera and inference.
+"""The bounded buffer between a camera (capture) and the infer stage.
 
 Capture never blocks on inference unless asked to: each camera owns a `FrameBuffer` with a named
 policy for when it is full, and every frame it refuses is counted with its reason.
@@ -10,20 +10,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import StrEnum
 
-import numpy as np
-
-
-@dataclass(frozen=True)
-class Frame:
-    camera: str
-    frame_id: int  # per camera, increasing from 1 for each run of the service
-    image: np.ndarray  # BGR uint8
-    captured_mono: float  # time.monotonic() at capture: for latencies
-    captured_wall: float  # time.time() at capture: for people and PLCs
-    part_id: str | None = None  # set in trigger mode: the part this frame inspects
+from service.core.types import Frame
 
 
 class BufferPolicy(StrEnum):

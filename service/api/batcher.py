@@ -1,4 +1,5 @@
-"""Micro-batching: concurrent requests for one model share a `session.run`.
+"""HTTP micro-batching: concurrent requests for one model share a `session.run` (through the
+same batch runner as the line, `service.inference.runner`).
 
 A worker thread takes the first waiting job and waits up to `max_wait` for more, but only while
 more requests are known to be on their way (announced, still decoding). A lone request therefore
@@ -23,10 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.inference.model import Model, Result
+from service.core.types import Result, StageTimes
+from service.inference.model import Model
 from service.inference.preprocess import Geometry
+from service.inference.runner import run_batch
 from service.metrics import Metrics
-from service.types import StageTimes
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +77,6 @@ class MicroBatcher:
             threading.Thread(target=self._loop, name=f"batcher-{model.spec.name}-{i}", daemon=True)
             for i in range(max(1, workers))
         ]
-        name = model.spec.name
-        self._infer_hist = metrics.inference_duration.labels(name)
-        self._batch_hist = metrics.batch_size.labels(name)
 
     def start(self) -> None:
         for t in self._threads:
@@ -184,22 +183,21 @@ class MicroBatcher:
             self._run_group(group[0].model, group)
 
     def _run_group(self, model: Model, jobs: list[_Job]) -> None:
-        n = len(jobs)
         try:
-            t0 = time.perf_counter()
-            outputs = model.run_each([j.tensor for j in jobs])
-            infer = time.perf_counter() - t0
+            results = run_batch(
+                model, [j.tensor for j in jobs], [j.geometry for j in jobs],
+                [j.times for j in jobs], self.metrics,
+            )  # fmt: skip
         except Exception as exc:
-            log.exception("model %s: inference failed for a batch of %d", model.spec.name, n)
+            log.exception(
+                "model %s: inference failed for a batch of %d", model.spec.name, len(jobs)
+            )
             for j in jobs:
                 j.future.set_exception(exc)
             return
-        self._infer_hist.observe(infer)
-        self._batch_hist.observe(n)
-        for i, j in enumerate(jobs):
-            times = StageTimes(j.times.decode, j.times.preprocess, infer)
-            try:
-                j.future.set_result(model.finish(outputs[i], j.geometry, times, n))
-            except Exception as exc:
-                log.exception("model %s: postprocessing failed", model.spec.name)
-                j.future.set_exception(exc)
+        for j, result in zip(jobs, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("model %s: postprocessing failed: %s", model.spec.name, result)
+                j.future.set_exception(result)
+            else:
+                j.future.set_result(result)

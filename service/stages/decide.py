@@ -19,7 +19,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from service.types import AnomalyScore, Decision, Detections, Finding, Outcome, Verdict
+from service.core.types import AnomalyScore, Decision, Detections, Finding, Outcome, Verdict
 
 ANOMALY_CLASS = "anomaly"
 

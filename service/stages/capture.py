@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -24,7 +24,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from service.frames import Frame, FrameBuffer
+from service.core.types import Frame
+from service.stages.buffer import FrameBuffer
 
 log = logging.getLogger(__name__)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -375,3 +376,27 @@ class Camera:
                 self.trigger_timeout_s,
             )
             self._on_trigger_timeout(self.name, part_id)
+
+
+class Watchdog:
+    """Once a second, asks every camera whether its stream has stalled (a source that hangs in
+    `read` cannot notice it itself)."""
+
+    def __init__(self, cameras: Mapping[str, Camera], period_s: float = 1.0) -> None:
+        self.cameras, self.period_s = cameras, period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            now = time.monotonic()
+            for camera in self.cameras.values():
+                camera.check_stall(now)

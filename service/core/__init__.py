@@ -1,0 +1,1 @@
+"""Plain value types and the wire format shared by every stage, sink and the API."""

@@ -1,0 +1,1 @@
+"""The stages of the data flow: capture -> infer -> decide -> publish."""

@@ -1,0 +1,207 @@
+"""The HTTP API on its own, through Starlette's TestClient: no broker, no camera, no server.
+
+The routers see the service only through `service.api.deps.Api`; these tests fill it with the
+real served models (the shipped classifier, real ONNX Runtime) and small stand-ins for control
+and the live view, so each route's mapping of outcomes to status codes is checked directly.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.api.deps import Api
+from service.api.server import create_app
+from service.config import Settings
+from service.core.types import Frame, Judged, Result
+from service.core.wire import verdict_payload
+from service.inference.card import ThresholdSpec
+from service.inference.model import Model
+from service.metrics import Metrics
+from service.served import ServedModels
+from service.sinks.drift import NullDrift
+from service.sinks.live import LiveView
+
+REPO = Path(__file__).resolve().parents[2]
+TOKEN = "unit-test-token"
+
+
+class FakeControl:
+    """Records calls; raises what a test tells it to."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.trigger_error: Exception | None = None
+        self.reload_error: Exception | None = None
+
+    def trigger(self, camera: str, part_id: str) -> None:
+        self.calls.append(("trigger", (camera, part_id)))
+        if self.trigger_error is not None:
+            raise self.trigger_error
+
+    def reload_model(self, name: str, path: Path | None = None) -> Model:
+        self.calls.append(("reload", (name, path)))
+        raise self.reload_error or KeyError(name)
+
+    def set_thresholds(self, model: Model, thresholds: ThresholdSpec) -> None:
+        self.calls.append(("thresholds", thresholds))
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[ServedModels]:
+    settings = Settings.model_validate(
+        {
+            "models": [{"path": str(REPO / "models" / "neu-cls-demo.onnx")}],
+            "runtime": {"warmup_runs": 1, "parallel_runs": 1, "intra_op_threads": 1},
+        }
+    )
+    served = ServedModels(settings, Metrics())
+    served.start()
+    yield served
+    served.stop()
+
+
+def make_api(served: ServedModels, control: FakeControl, live: LiveView, **api: Any) -> Api:
+    settings = Settings.model_validate(
+        {"models": [{"path": str(REPO / "models" / "neu-cls-demo.onnx")}], "api": api}
+    )
+    return Api(
+        settings=settings,
+        metrics=served.metrics,
+        ready=lambda: served.ready,
+        models=served,
+        control=control,
+        live=live,
+        drift=NullDrift(),
+        cameras={},
+        link_status=lambda: (False, "mqtt disabled"),
+        outbox_depth=lambda: (0, None),
+    )
+
+
+def png(seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    ok, data = cv2.imencode(".png", image)
+    assert ok
+    return bytes(data)
+
+
+def test_predict_answers_with_the_wire_format(served: ServedModels) -> None:
+    client = TestClient(create_app(make_api(served, FakeControl(), LiveView())))
+    r = client.post("/v1/predict", content=png(), headers={"content-type": "image/png"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["schema_version"] == 1 and body["model"]["name"] == "neu-cls-demo"
+    assert body["verdict"] in ("pass", "fail", "uncertain")
+    assert body["image"] == {"width": 200, "height": 200}
+    assert len(body["classes"]) == 6 and body["detections"] is None
+    # the same image in-process gives the same verdict and scores
+    image = cv2.imdecode(np.frombuffer(png(), np.uint8), cv2.IMREAD_COLOR)
+    alone = served.models["neu-cls-demo"].predict([image])[0]
+    assert body["verdict"] == alone.decision.verdict.value
+    assert [c["probability"] for c in body["classes"]] == [
+        round(f.confidence, 6) for f in alone.decision.findings
+    ]
+
+
+def test_bad_input_is_a_4xx_and_the_api_keeps_serving(served: ServedModels) -> None:
+    client = TestClient(create_app(make_api(served, FakeControl(), LiveView())))
+    corrupt = client.post("/v1/predict", content=png()[:100], headers={"content-type": "image/png"})
+    assert corrupt.status_code == 400, corrupt.text
+    assert client.post("/v1/predict?model=nope", content=png()).status_code == 404
+    text = client.post("/v1/predict", content=b"hi", headers={"content-type": "text/plain"})
+    assert text.status_code == 415
+    assert client.get("/readyz").status_code == 200
+
+
+def test_not_ready_is_503(served: ServedModels) -> None:
+    api = make_api(served, FakeControl(), LiveView())
+    client = TestClient(create_app(Api(**{**vars(api), "ready": lambda: False})))
+    assert client.get("/readyz").status_code == 503
+    assert client.post("/v1/predict", content=png()).status_code == 503
+
+
+def test_mutating_routes_need_the_token_and_reach_control(served: ServedModels) -> None:
+    control = FakeControl()
+    client = TestClient(create_app(make_api(served, control, LiveView(), token=TOKEN)))
+    body = {"default": 0.6}
+    assert client.put("/v1/thresholds", json=body).status_code == 401
+    bad = client.put("/v1/thresholds", json=body, headers={"Authorization": "Bearer wrong"})
+    assert bad.status_code == 401
+    assert control.calls == []
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    ok = client.put("/v1/thresholds", json=body, headers=auth)
+    assert ok.status_code == 200, ok.text
+    assert control.calls == [("thresholds", ThresholdSpec(default=0.6))]
+
+
+def test_trigger_and_reload_map_refusals_to_status_codes(served: ServedModels) -> None:
+    control = FakeControl()
+    client = TestClient(create_app(make_api(served, control, LiveView())))
+    part = {"part_id": "P-1"}
+    control.trigger_error = KeyError("cam9")
+    assert client.post("/v1/cameras/cam9/trigger", json=part).status_code == 404
+    control.trigger_error = ValueError("camera cam1 is free-running, not in trigger mode")
+    conflict = client.post("/v1/cameras/cam1/trigger", json=part)
+    assert conflict.status_code == 409 and "free-running" in conflict.json()["detail"]
+    control.trigger_error = None
+    assert client.post("/v1/cameras/cam1/trigger", json=part).status_code == 202
+    assert client.post("/v1/cameras/cam1/trigger", json={}).status_code == 422
+    assert client.post("/v1/models/nope/reload").status_code == 404
+    control.reload_error = FileNotFoundError("model not found: /x.onnx")
+    refused = client.post("/v1/models/neu-cls-demo/reload", json={"path": "/x.onnx"})
+    assert refused.status_code == 422 and "keeps serving" in refused.json()["detail"]
+    assert control.calls[-1] == ("reload", ("neu-cls-demo", Path("/x.onnx")))
+
+
+def _judged(served: ServedModels, camera: str, frame_id: int) -> Judged:
+    image = cv2.imdecode(np.frombuffer(png(frame_id), np.uint8), cv2.IMREAD_COLOR)
+    result: Result = served.models["neu-cls-demo"].predict([image])[0]
+    frame = Frame(camera, frame_id, image, time.monotonic(), time.time())
+    payload = verdict_payload("line1", frame, result, None, frame_id, time.monotonic())
+    return Judged(frame, result, None, time.monotonic(), frame_id, payload)
+
+
+def test_live_view_feeds_the_operator_routes(served: ServedModels) -> None:
+    live = LiveView()
+    client = TestClient(create_app(make_api(served, FakeControl(), live)))
+    assert client.get("/v1/operator/state").json()["feed"] == []
+    for i in (1, 2, 3):
+        live.handle(_judged(served, "cam1", i))
+    state = client.get("/v1/operator/state?feed=2").json()
+    assert [item["frame_id"] for item in state["feed"]] == [3, 2]  # newest first, bounded
+    cameras = client.get("/v1/cameras").json()
+    assert cameras["mqtt_connected"] is False and cameras["outbox"]["messages"] == 0
+
+
+def test_the_live_view_is_safe_to_read_while_written(served: ServedModels) -> None:
+    live = LiveView(feed_size=50)
+    judged = [_judged(served, f"cam{i % 3}", i) for i in range(1, 31)]
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            for _ in range(300):
+                assert len(live.recent(50)) <= 50
+                live.last_frame("cam1")
+        except BaseException as exc:
+            errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for _ in range(10):
+        for j in judged:
+            live.handle(j)
+    reader.join()
+    assert errors == []
+    last = live.last_verdict("cam0")
+    assert last is not None and last["frame_id"] == 30
