@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data folder, and real ONNX files built per test session."""
+"""Shared fixtures: the real data folder, and real ONNX files built per test session; the test
+tiers (markers `data` and `servers`, set here from what a test uses and where it lives)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,27 @@ import pytest
 from tests import onnx_factory
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The tiers. `bash scripts/test.sh --fast` runs `-m "not data and not servers and not slow"`
+# with LINEINSPECT_DATA pointing nowhere, so a test that reaches for the data folder without
+# these fixtures fails there instead of passing or skipping quietly.
+DATA_FIXTURES = frozenset({"data_dir", "neu_images", "tile_images"})
+# A real broker, uvicorn server, `lineinspect serve` subprocess or Prometheus.
+SERVER_FIXTURES = frozenset({"serve", "broker", "plc", "server", "prometheus"})
+# Whole folders whose tests run the service's processes (CLI, demo, promtool, browser).
+SERVER_FOLDERS = frozenset({"integration"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests = REPO / "tests"
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))  # the closure: indirect uses count
+        if used & DATA_FIXTURES:
+            item.add_marker(pytest.mark.data)
+        folder = item.path.relative_to(tests).parts[0] if item.path.is_relative_to(tests) else ""
+        if used & SERVER_FIXTURES or folder in SERVER_FOLDERS:
+            item.add_marker(pytest.mark.servers)
 
 
 def data_root() -> Path:
