@@ -1,6 +1,7 @@
 """The wire format: every verdict that leaves the service is serialised here, once.
 
-One `SCHEMA_VERSION` covers the three contracts built from a `Result`:
+One `SCHEMA_VERSION` covers the retained MQTT status and the three contracts built from a
+`Result`:
 - MQTT verdicts (`<prefix>/<line>/<camera>/verdict`): `verdict_payload`;
 - HTTP `/v1/predict` responses: `PredictResponse` / `predict_response`;
 - review items (`<prefix>/<line>/<camera>/review` and the `<id>.json` beside each image):
@@ -70,7 +71,14 @@ def finding_json(f: Finding) -> dict[str, Any]:
     return out
 
 
-# -- MQTT verdicts
+# -- MQTT status and verdicts
+
+
+def status_payload(state: str, **extra: Any) -> bytes:
+    """The retained `<prefix>/<line>/status` message (online, offline and why)."""
+    return json.dumps(
+        {"schema_version": SCHEMA_VERSION, "state": state, "time": time.time(), **extra}
+    ).encode()
 
 
 def verdict_payload(

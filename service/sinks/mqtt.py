@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import ssl
 import threading
@@ -25,6 +24,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from service.core.wire import status_payload
 from service.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -47,10 +47,6 @@ class MqttOptions:
     reconnect_max_s: float = 10.0
     inflight: int = 32
     status_topic: str = "lineinspect/line/status"
-
-
-def status_payload(state: str, **extra: Any) -> bytes:
-    return json.dumps({"schema_version": 1, "state": state, "time": time.time(), **extra}).encode()
 
 
 class MqttLink:
