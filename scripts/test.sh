@@ -14,7 +14,7 @@ test_packages=1
 if [ "$tier" = fast ]; then test_packages=0; fi
 LINEINSPECT_TEST_PACKAGES=$test_packages source scripts/dev/bootstrap.sh
 
-echo "== ruff" && ruff check service training tests scripts && ruff format --check service training tests
+echo "== ruff" && ruff check service training tests scripts && ruff format --check service training tests scripts
 if [ "$tier" = fast ]; then
   # No data here: a test that reads it without the data fixtures fails instead of passing.
   export LINEINSPECT_DATA="$ROOT/.no-data-in-the-fast-tier"

@@ -43,7 +43,8 @@ def test_help_needs_no_training_extras() -> None:
     assert r.returncode == 0, r.stderr
     assert "classify" in r.stdout and "detect" in r.stdout
     r = without_extras("dataset", "--help")
-    assert r.returncode == 0 and "qa" in r.stdout and "export-yolo" in r.stdout
+    assert r.returncode == 0, r.stderr
+    assert "qa" in r.stdout and "export-yolo" in r.stdout
 
 
 @pytest.mark.parametrize(
@@ -78,9 +79,11 @@ def test_missing_extra_is_one_line(command: str, extra: str) -> None:
 
 def test_dataset_commands_need_no_training_extras(tmp_path: Path) -> None:
     r = without_extras("dataset", "qa", str(tmp_path / "nowhere"), "--out", str(tmp_path / "qa"))
-    assert r.returncode == 2 and r.stderr.startswith("lineinspect: error: dataset folder not found")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("lineinspect: error: dataset folder not found"), r.stderr
     r = without_extras("dataset", "export-yolo", str(tmp_path / "m.json"), "--out", str(tmp_path))
-    assert r.returncode == 2 and "manifest not found" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2, r.stderr
+    assert "manifest not found" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_command_modules_are_optional(monkeypatch: pytest.MonkeyPatch) -> None:
