@@ -121,8 +121,19 @@ class ModelCard(_Strict):
     output: OutputSpec = Field(default_factory=OutputSpec, description="Output reading.")
     thresholds: ThresholdSpec = Field(default_factory=ThresholdSpec, description="Decisions.")
     anomaly: AnomalySpec | None = Field(None, description="Anomaly normalisation.")
-    nms_iou: float = Field(0.45, gt=0.0, le=1.0, description="IoU for class-aware NMS.")
-    max_detections: int = Field(300, ge=1, description="Detections kept per image after NMS.")
+    nms_iou: float = Field(
+        0.45,
+        gt=0.0,
+        le=1.0,
+        description="IoU for class-aware NMS; unset: the exporter's predict default "
+        "(Ultralytics 0.7, the YOLOv5 repository 0.45).",
+    )
+    max_detections: int = Field(
+        300,
+        ge=1,
+        description="Detections kept per image after NMS; unset: the exporter's predict "
+        "default (Ultralytics 300, the YOLOv5 repository 1000).",
+    )
     sha256: str | None = Field(
         None, description="sha256 of the ONNX file this card was written for; checked at load."
     )

@@ -103,6 +103,32 @@ def _family(task: str, named_by: str) -> FamilyType:
         ) from None
 
 
+# Each exporter's own predict defaults, so a model without a card gives the boxes its users know.
+ULTRALYTICS_NMS = (0.7, 300, "Ultralytics predict default (iou 0.7, max_det 300)")  # 8.x and later
+YOLOV5_NMS = (0.45, 1000, "YOLOv5 detect.py default (iou_thres 0.45, max_det 1000)")
+GENERIC_NMS = (0.45, 300, "default")
+
+
+def nms_settings(card: ModelCard | None, meta: ExportMetadata) -> tuple[float, int, str]:
+    """(NMS IoU, max detections, where they came from): what the card sets, else what the
+    exporter's own predict uses for that model generation, as the ONNX metadata tells it."""
+    if meta.author and "ultralytics" in meta.author.lower():
+        iou, max_det, why = ULTRALYTICS_NMS
+    elif meta.stride is not None and meta.names is not None and meta.author is None:
+        iou, max_det, why = YOLOV5_NMS  # the YOLOv5 repository's export writes only these two
+    else:
+        iou, max_det, why = GENERIC_NMS
+    set_in_card = card.model_fields_set if card else set()
+    if "nms_iou" in set_in_card:
+        assert card is not None
+        iou, why = card.nms_iou, "card"
+    if "max_detections" in set_in_card:
+        assert card is not None
+        max_det = card.max_detections
+        why = "card" if why == "card" else f"card (max_detections), {why}"
+    return iou, max_det, why
+
+
 def resolve(path: Path, session: Any, card: ModelCard | None) -> ModelSpec:
     """The full serving spec of a loaded session, or a ModelError saying why it cannot be served."""
     meta = parse_metadata(session.get_modelmeta().custom_metadata_map or {})
@@ -191,6 +217,9 @@ def resolve(path: Path, session: Any, card: ModelCard | None) -> ModelSpec:
             f"the card's colour '{color}' gives {pre.channels} channels, model wants {channels}"
         )
 
+    nms_iou, max_detections, nms_source = nms_settings(card, meta)
+    if layout is not None:  # a detector
+        sources["nms"] = nms_source
     sha = file_sha256(path)
     if card and card.sha256 and card.sha256.lower() != sha:
         raise ModelError(
@@ -221,8 +250,8 @@ def resolve(path: Path, session: Any, card: ModelCard | None) -> ModelSpec:
         score_output=resolved.score_output,
         map_output=resolved.map_output,
         anomaly=card.anomaly if card else None,
-        nms_iou=card.nms_iou if card else 0.45,
-        max_detections=card.max_detections if card else 300,
+        nms_iou=nms_iou,
+        max_detections=max_detections,
         output_shapes={k: list(v.shape) for k, v in outs.items()},
         sources=sources,
         warnings=tuple(warnings),

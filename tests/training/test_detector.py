@@ -437,6 +437,44 @@ def test_non_square_frames_match_ultralytics(
         assert shapes == {(3, 224, 224)}
 
 
+def test_an_export_without_a_card_gives_ultralytics_own_boxes(
+    shipped: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """The bare ONNX file, no card: NMS IoU and max detections are Ultralytics' predict
+    defaults for an 8.x export (its metadata says so), so `YOLO(onnx).predict()` with nothing but
+    the confidence floor and the image size gives the same boxes, on non-square crops too."""
+    ul = detect.ultralytics(threads=1)
+    bare = tmp_path / shipped.name
+    bare.write_bytes(shipped.read_bytes())
+    model = detect.serve(bare)
+    assert model.card is None
+    assert (model.spec.nms_iou, model.spec.max_detections) == (0.7, 300)
+    assert model.spec.sources["nms"].startswith("Ultralytics predict default")
+    model.set_policy(make_policy(model.spec, ThresholdSpec(default=0.02, band=0.01), ()))
+    yolo = ul.YOLO(str(bare), task="detect")
+    imgsz = model.spec.preprocess.size[0]
+    bad, total = [], 0
+    for name in PARITY_IMAGES:
+        image = cv2.imread(str(data_dir / "neu-det" / "IMAGES" / name), cv2.IMREAD_COLOR)
+        for frame in (image, image[:, :150], image[:123, :], cv2.resize(image, (517, 301))):
+            ours = lineinspect_boxes(model, frame)
+            r = yolo.predict(  # no iou, no max_det: Ultralytics' own defaults
+                frame, conf=model.policy.confidence_floor(), imgsz=imgsz, device="cpu",
+                verbose=False,
+            )[0]  # fmt: skip
+            theirs = {
+                "xyxy": r.boxes.xyxy.numpy().astype(np.float32),
+                "conf": r.boxes.conf.numpy().astype(np.float32),
+                "cls": r.boxes.cls.numpy().astype(np.int64),
+            }
+            total += len(ours["conf"])
+            result = compare(ours, theirs)
+            if not result["ok"]:
+                bad.append((name, frame.shape[:2], result))
+    assert not bad, f"a card-less export differs from Ultralytics' predict: {bad}"
+    assert total >= 40, f"too few boxes ({total}) for a meaningful comparison"
+
+
 def test_mixed_shapes_in_one_batch_equal_one_by_one(shipped: Path, data_dir: Path) -> None:
     """Frames of different aspect ratios in one batch (the line batches across cameras) run as
     one group per tensor shape and give exactly the boxes each frame gets alone."""

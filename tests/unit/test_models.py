@@ -359,3 +359,26 @@ def test_gpu_provider_options(tmp_path: Path) -> None:
     assert cache.is_dir()
     assert provider_options("CUDAExecutionProvider", opts) == {"device_id": 1}
     assert provider_options("CPUExecutionProvider", opts) == {}
+
+
+@pytest.mark.parametrize(
+    ("metadata", "card", "expected"),
+    [
+        ({"author": "Ultralytics", "stride": "32", "names": "{0: 'a'}"}, None, (0.7, 300)),
+        ({"stride": "32", "names": "{0: 'a'}"}, None, (0.45, 1000)),  # YOLOv5 repository
+        ({}, None, (0.45, 300)),
+        ({"author": "Ultralytics"}, {"nms_iou": 0.5}, (0.5, 300)),
+        ({"author": "Ultralytics"}, {"max_detections": 50}, (0.7, 50)),
+        ({"author": "Ultralytics"}, {"name": "no nms fields"}, (0.7, 300)),
+    ],
+)
+def test_nms_follows_the_card_else_the_exporters_predict(
+    metadata: dict[str, str], card: dict[str, object] | None, expected: tuple[float, int]
+) -> None:
+    from service.inference.card import ModelCard
+    from service.inference.metadata import parse_metadata
+    from service.inference.registry import nms_settings
+
+    parsed = ModelCard.model_validate(card) if card is not None else None
+    iou, max_det, _ = nms_settings(parsed, parse_metadata(metadata))
+    assert (iou, max_det) == expected
