@@ -11,10 +11,41 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
-Layout = Literal["yolov5", "yolov8", "end2end"]
-ResizeMode = Literal["letterbox", "resize", "center_crop"]
+Layout = Literal[
+    "yolov5",
+    "yolov8",
+    "end2end",
+    "darknet",
+    "boxes_confs",
+    "yolov7_end2end",
+    "efficient_nms",
+    "onnx_zoo_yolov3",
+    "yolox",
+]
+ResizeMode = Literal["letterbox", "resize", "center_crop", "letterbox_top_left"]
+# Each detector layout's output roles, which the card's `outputs` may name (darknet's `heads`
+# is a list of outputs, the others one output each).
+OUTPUT_ROLES: dict[str, tuple[str, ...]] = {
+    "yolov5": ("predictions",),
+    "yolov8": ("predictions",),
+    "end2end": ("predictions",),
+    "darknet": ("heads",),
+    "boxes_confs": ("boxes", "confs"),
+    "yolov7_end2end": ("detections",),
+    "efficient_nms": ("num_dets", "boxes", "scores", "classes"),
+    "onnx_zoo_yolov3": ("boxes", "scores", "indices"),
+    "yolox": ("predictions",),
+}
 ColorOrder = Literal["rgb", "bgr", "gray"]
 
 
@@ -34,18 +65,30 @@ class InputSpec(_Strict):
     )
     resize: ResizeMode | None = Field(
         None,
-        description="letterbox (keep aspect, pad), resize (stretch) or center_crop (resize the "
-        "short side, crop the centre). Default: letterbox for detectors, resize otherwise.",
+        description="letterbox (keep aspect, pad both sides), resize (stretch), center_crop "
+        "(resize the short side, crop the centre) or letterbox_top_left (keep aspect, pad right "
+        "and bottom, as YOLOX). Default: the detector layout's own (docs/MODELS.md), letterbox "
+        "for other detectors, resize otherwise.",
     )
-    color: ColorOrder = Field("rgb", description="Channel order the model expects.")
-    scale: float = Field(1.0 / 255.0, description="Pixel values are multiplied by this first.")
+    color: ColorOrder = Field(
+        "rgb", description="Channel order the model expects (YOLOX layout default: bgr)."
+    )
+    scale: float = Field(
+        1.0 / 255.0,
+        description="Pixel values are multiplied by this first (YOLOX layout default: 1).",
+    )
     mean: tuple[float, float, float] | float = Field(
         0.0, description="Subtracted after scaling (per channel, in the model's channel order)."
     )
     std: tuple[float, float, float] | float = Field(
         1.0, description="Divided after subtracting the mean (per channel)."
     )
-    pad_value: int = Field(114, ge=0, le=255, description="Letterbox border value.")
+    pad_value: int = Field(
+        114,
+        ge=0,
+        le=255,
+        description="Letterbox border value (darknet and onnx_zoo_yolov3 layouts: 128).",
+    )
     rect: bool = Field(
         True,
         description="Detectors whose ONNX input has a dynamic height and width: letterbox to "
@@ -112,7 +155,46 @@ class ModelCard(_Strict):
         None,
         description="A model family: detect, classify or anomaly (service/inference/families).",
     )
-    layout: Layout | None = Field(None, description="Detector output layout, if not detected.")
+    layout: Layout | None = Field(
+        None, description="Detector output layout, if not detected (docs/MODELS.md)."
+    )
+    outputs: dict[str, str | list[str]] | None = Field(
+        None,
+        description="Detector output roles -> output names, where the graph's order or names "
+        "do not say: darknet `heads` (a list), boxes_confs `boxes` and `confs`, "
+        "yolov7_end2end `detections`, efficient_nms `num_dets`, `boxes`, `scores`, `classes`, "
+        "onnx_zoo_yolov3 `boxes`, `scores`, `indices`, yolox and the Ultralytics layouts "
+        "`predictions`.",
+    )
+    anchors: list[tuple[PositiveFloat, PositiveFloat]] | None = Field(
+        None,
+        description="darknet: anchor (width, height) pairs in input pixels, as the cfg's [yolo] "
+        "`anchors` lists them.",
+    )
+    masks: list[list[int]] | None = Field(
+        None,
+        description="darknet: per head (in `outputs.heads` order, else the graph's output "
+        "order), the indices into `anchors` it uses: the cfg's [yolo] `mask`. Default: the "
+        "anchors split evenly, the largest to the coarsest head.",
+    )
+    scale_x_y: float | list[float] | None = Field(
+        None,
+        description="darknet (YOLOv4): the [yolo] layers' `scale_x_y`, one for every head or one "
+        "per head. Default 1.",
+    )
+    strides: list[PositiveInt] | None = Field(
+        None,
+        description="yolox: the stride of each grid level, in output order. Default [8, 16, 32].",
+    )
+    sigmoid: bool | None = Field(
+        None,
+        description="yolox: apply a sigmoid to objectness and class scores (an export whose graph "
+        "ends without one). Default: detected from a test inference.",
+    )
+    nms_class_agnostic: bool | None = Field(
+        None,
+        description="One NMS across all classes instead of one per class (default).",
+    )
     classes: list[str] | None = Field(None, description="Class names in output order.")
     good_classes: list[str] = Field(
         default_factory=list, description="Classes that mean a good part (never FAIL)."

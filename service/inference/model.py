@@ -84,6 +84,9 @@ class Model:
         if self._run_limit is None and self.providers[:1] == ["CPUExecutionProvider"]:
             h, w = spec.preprocess.size
             self._run_limit = max(1, CPU_RUN_PIXELS // (h * w))
+        self._per_image = spec.decoder is not None and spec.decoder.per_image
+        if self._per_image:  # outputs not batch-major (NMS inside the graph): one image a run
+            self._run_limit = 1
 
     # -- policy: swapped whole, so a reader always sees one consistent set of thresholds
     @property
@@ -127,12 +130,18 @@ class Model:
             parts.append(self.session.run(None, {self.spec.input_name: chunk}))
         return [np.concatenate(outs, axis=0)[:n] for outs in zip(*parts, strict=True)]
 
-    def run_each(self, tensors: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+    def run_each(
+        self, tensors: Sequence[np.ndarray], geometries: Sequence[Geometry] | None = None
+    ) -> list[list[np.ndarray]]:
         """Raw outputs per image (each with a batch axis of one) for (C, H, W) tensors.
 
         Tensors of one shape run together; a rect letterbox gives frames of other aspect ratios
-        other shapes, and those run as their own batches.
+        other shapes, and those run as their own batches. A layout whose outputs are not
+        batch-major runs each image alone (its outputs as they come), with the image's original
+        size fed to an `image_shape` input where the model has one (`geometries` needed).
         """
+        if self._per_image:
+            return [self._run_alone(t, geometries, i) for i, t in enumerate(tensors)]
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, tensor in enumerate(tensors):
             groups.setdefault(tensor.shape, []).append(i)
@@ -142,6 +151,18 @@ class Model:
             for k, i in enumerate(indices):
                 per_image[i] = [out[k : k + 1] for out in outputs]
         return per_image
+
+    def _run_alone(
+        self, tensor: np.ndarray, geometries: Sequence[Geometry] | None, i: int
+    ) -> list[np.ndarray]:
+        feeds = {self.spec.input_name: tensor[None]}
+        shape_input = self.spec.decoder.image_shape_input if self.spec.decoder else None
+        if shape_input:
+            if geometries is None:
+                raise ValueError(f"model {self.spec.name} needs each image's size to run")
+            feeds[shape_input] = np.array([geometries[i].image_size], np.float32)
+        outputs: list[np.ndarray] = self.session.run(None, feeds)
+        return outputs
 
     def predict(self, images: list[UInt8Image]) -> list[Result]:
         """The in-process path: a list of decoded BGR images -> one Result each, one batch."""

@@ -57,6 +57,14 @@ class Geometry:
         out[:, [1, 3]] = ((xyxy[:, [1, 3]] - self.pad_y) / self.scale_y).clip(0, h)
         return out
 
+    def clip(self, xyxy: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Boxes already in original pixels (a graph that maps them back itself), clipped."""
+        h, w = self.image_size
+        out = np.empty_like(xyxy)
+        out[:, [0, 2]] = xyxy[:, [0, 2]].clip(0, w)
+        out[:, [1, 3]] = xyxy[:, [1, 3]].clip(0, h)
+        return out
+
 
 def letterbox(
     image: UInt8Image, size: tuple[int, int], pad_value: int = 114, stride: int | None = None
@@ -81,6 +89,20 @@ def letterbox(
     # Map back by the size the image was really resized to (as Ultralytics' scale_boxes does):
     # round(w * r) / w differs from r by up to half a pixel per axis.
     return image, Geometry((h, w), unpad_w / w, unpad_h / h, float(left), float(top))
+
+
+def letterbox_top_left(
+    image: UInt8Image, size: tuple[int, int], pad_value: int = 114
+) -> tuple[UInt8Image, Geometry]:
+    """YOLOX's `preproc`: resize by r = min(H / h, W / w) to (int(w r), int(h r)), top-left
+    corner, the rest `pad_value`; boxes map back by dividing by r."""
+    h, w = image.shape[:2]
+    new_h, new_w = size
+    r = min(new_h / h, new_w / w)
+    rw, rh = int(w * r), int(h * r)
+    out = np.full((new_h, new_w, *image.shape[2:]), pad_value, np.uint8)
+    out[:rh, :rw] = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_LINEAR)
+    return out, Geometry((h, w), r, r, 0.0, 0.0)
 
 
 def stretch(image: UInt8Image, size: tuple[int, int]) -> tuple[UInt8Image, Geometry]:
@@ -112,6 +134,8 @@ def preprocess(image: UInt8Image, spec: PreprocessSpec) -> tuple[npt.NDArray[Any
         image, geom = letterbox(image, spec.size, spec.pad_value, spec.stride)
     elif spec.resize == "center_crop":
         image, geom = center_crop(image, spec.size)
+    elif spec.resize == "letterbox_top_left":
+        image, geom = letterbox_top_left(image, spec.size, spec.pad_value)
     else:
         image, geom = stretch(image, spec.size)
     if spec.color == "rgb":

@@ -29,7 +29,7 @@ def run_batch(
     """Judge one batch. Raises when the inference itself fails (every image of the batch failed);
     an image whose postprocessing or decision fails gets its exception in its place."""
     t0 = time.perf_counter()
-    outputs = model.run_each(tensors)
+    outputs = model.run_each(tensors, geometries)
     infer = time.perf_counter() - t0
     n = len(tensors)
     if metrics is not None:

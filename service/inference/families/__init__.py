@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
@@ -20,7 +20,8 @@ import numpy as np
 from service.core.types import Decision, Prediction
 
 if TYPE_CHECKING:
-    from service.inference.card import Layout, ModelCard, ResizeMode
+    from service.inference.card import ModelCard, ResizeMode
+    from service.inference.layouts import Decoder, InputDefaults
     from service.inference.metadata import ExportMetadata
     from service.inference.preprocess import Geometry
     from service.inference.registry import ModelSpec
@@ -50,6 +51,9 @@ class Probe:
     outs: dict[str, np.ndarray]  # the outputs of a test inference on zeros, by name
     sources: dict[str, str]  # where each resolved setting came from
     warnings: list[str]
+    inputs: dict[str, list[Any]] = field(default_factory=dict)  # declared shapes, image first
+    input_size: tuple[int, int] = (0, 0)  # (height, width) of the test inference
+    image_shape_input: str | None = None  # the ONNX model zoo's second input, if there is one
 
 
 @dataclass(frozen=True)
@@ -57,10 +61,13 @@ class Outputs:
     """What a family resolved from the outputs."""
 
     classes: tuple[str, ...]
-    layout: Layout | None = None
+    layout: str | None = None  # detectors: a `service.inference.layouts` name
     output_kind: str | None = None  # classify: probabilities | logits
     score_output: str | None = None
     map_output: str | None = None
+    decoder: Decoder | None = None  # detectors: the resolved output layout
+    input_defaults: InputDefaults | None = None  # the layout's own preprocessing, if any
+    nms_default: tuple[float, str] | None = None  # (IoU, whose) where no exporter metadata says
 
 
 class FamilyType(Protocol):

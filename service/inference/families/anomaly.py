@@ -64,7 +64,13 @@ class Anomaly:
 
     @classmethod
     def claims(cls, outs: dict[str, np.ndarray]) -> bool:
-        return bool(re.search(r"score|anomal", " ".join(outs).lower()))
+        """An output named like an anomaly map or score; a `score` output must hold one value
+        per image (a detector's `det_scores` or `scores` does not)."""
+        return any(
+            re.search("anomal", n, re.I)
+            or (re.search("score", n, re.I) and v.ndim > 0 and v.size == v.shape[0])
+            for n, v in outs.items()
+        )
 
     @classmethod
     def outputs(cls, probe: Probe) -> Outputs:
