@@ -78,6 +78,12 @@ class FrameBuffer:
             self._ready.set()
         return True
 
+    def rewire(self, ready: threading.Event) -> None:
+        """Wake another infer route from now on (the camera changed model)."""
+        self._ready = ready
+        if len(self) and ready is not None:
+            ready.set()
+
     def get_nowait(self) -> Frame | None:
         with self._cond:
             if not self._frames:

@@ -62,9 +62,19 @@ class Turns:
     def __init__(self) -> None:
         self.collecting = threading.Lock()  # held while taking frames and a ticket
         self._lock = threading.Lock()
+        self._handed = threading.Condition(self._lock)
         self._issued = 0
         self._next = 0
         self._done: dict[int, list[Any]] = {}
+
+    @property
+    def issued(self) -> int:
+        return self._issued
+
+    def wait_handed_over(self, upto: int, timeout: float | None = None) -> bool:
+        """Block until every ticket below `upto` has been handed over; False on timeout."""
+        with self._handed:
+            return self._handed.wait_for(lambda: self._next >= upto, timeout)
 
     def take(self) -> int:
         """The next ticket; call with `collecting` held."""
@@ -80,6 +90,7 @@ class Turns:
                 for item in self._done.pop(self._next):
                     put(item)  # blocks when the publisher lags: backpressure, never a drop
                 self._next += 1
+            self._handed.notify_all()
 
 
 class InferStage:
@@ -116,6 +127,26 @@ class InferStage:
         for w in self._workers:
             w.join(timeout)
         self._pool.shutdown(wait=True)
+
+    def move(self, buffer: FrameBuffer, to: str, timeout: float = 30.0) -> None:
+        """Serve a camera's buffer by another model's route (a recipe change) without losing a
+        frame or its order: the buffer leaves its route under that route's collecting lock, its
+        frames already taken are handed over first, then the new route takes it."""
+        target = self.routes[to]
+        for name, route in self.routes.items():
+            if buffer in route.buffers and name != to:
+                turns = self._turns[name]
+                with turns.collecting:
+                    route.buffers.remove(buffer)
+                    upto = turns.issued
+                if not turns.wait_handed_over(upto, timeout):
+                    with turns.collecting:  # keep it served where it was: order over speed
+                        route.buffers.append(buffer)
+                    raise TimeoutError(f"model {name} did not finish its batches in {timeout} s")
+        with self._turns[to].collecting:
+            if buffer not in target.buffers:
+                target.buffers.append(buffer)
+                buffer.rewire(target.ready)
 
     def _collect(self, buffers: Sequence[FrameBuffer], model_limit: int | None) -> list[Frame]:
         """Up to max_batch frames (fewer when one run of the model takes fewer), one per camera
