@@ -125,6 +125,9 @@ class ModelIdentity:
     version: str
     sha256: str
     task: str
+    # The decision policy the result was judged with: goes up by one on every threshold change
+    # and every model swap (reload, promote, rollback) while the service runs.
+    thresholds_version: int = 1
 
 
 @dataclass(frozen=True)

@@ -52,9 +52,11 @@ def encode(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
-def model_ref(result: Result) -> dict[str, str]:
+def model_ref(result: Result) -> dict[str, Any]:
+    """The model a verdict was judged with, and the version of its thresholds then."""
     m = result.model
-    return {"name": m.name, "version": m.version, "sha256": m.sha256}
+    return {"name": m.name, "version": m.version, "sha256": m.sha256,
+            "thresholds_version": m.thresholds_version}  # fmt: skip
 
 
 def finding_json(f: Finding) -> dict[str, Any]:
@@ -138,11 +140,31 @@ def verdict_summary(payload: dict[str, Any]) -> dict[str, Any]:
 # -- review items
 
 
-def review_record(
-    frame: Frame, result: Result, sequence: int, item_id: str, reason: str, image: str
-) -> dict[str, Any]:
-    """The `<id>.json` stored beside a review image (the MQTT announcement omits `findings`)."""
+def judgement(result: Result) -> dict[str, Any]:
+    """Another model's judgement of a review item's frame (a candidate's, kept beside the live
+    one's when they disagree)."""
     d = result.decision
+    return {
+        "model": model_ref(result),
+        "verdict": d.verdict.value,
+        "decision": d.reason,
+        "findings": [finding_json(f) for f in d.findings],
+    }
+
+
+def review_record(
+    frame: Frame,
+    result: Result,
+    sequence: int,
+    item_id: str,
+    reason: str,
+    image: str,
+    candidate: Result | None = None,
+) -> dict[str, Any]:
+    """The `<id>.json` stored beside a review image (the MQTT announcement omits `findings`);
+    with a candidate's judgement of the same frame under `candidate` when one disagreed."""
+    d = result.decision
+    extra = {"candidate": judgement(candidate)} if candidate is not None else {}
     return {
         "schema_version": SCHEMA_VERSION,
         "id": item_id,
@@ -161,7 +183,7 @@ def review_record(
         "height": int(frame.image.shape[0]),
         "findings": [finding_json(f) for f in d.findings],
         "label": None,  # filled in by an inspector: a class name, or a list of boxes
-    }
+    } | extra
 
 
 # -- HTTP /v1/predict
@@ -172,6 +194,11 @@ class ModelRef(BaseModel):
     version: str
     sha256: str
     task: str
+    thresholds_version: int = Field(
+        1,
+        description="Version of the thresholds the verdict was judged with: up by one on every "
+        "threshold change and every model swap (reload, promote, rollback) since start.",
+    )
 
 
 class Box(BaseModel):

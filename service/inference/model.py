@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +76,9 @@ class Model:
         self.session = session
         self.card = card
         self.providers: list[str] = list(session.get_providers())
-        self.identity = ModelIdentity(spec.name, spec.version, spec.sha256, spec.task)
         self.family: Family = family_for(spec, [o.name for o in session.get_outputs()])
-        self._policy = policy
+        # The policy and the identity that names its version, swapped as one pair.
+        self._judging = (policy, ModelIdentity(spec.name, spec.version, spec.sha256, spec.task))
         self._policy_lock = threading.Lock()
         self.warmed = False
         self._run_limit = spec.fixed_batch
@@ -91,14 +92,35 @@ class Model:
     # -- policy: swapped whole, so a reader always sees one consistent set of thresholds
     @property
     def policy(self) -> DecisionPolicy:
-        return self._policy
+        return self._judging[0]
 
-    def set_policy(self, policy: DecisionPolicy) -> None:
+    @property
+    def identity(self) -> ModelIdentity:
+        """Name, version, sha256, task and the version of the thresholds in force."""
+        return self._judging[1]
+
+    @property
+    def thresholds_version(self) -> int:
+        return self._judging[1].thresholds_version
+
+    def judging(self) -> tuple[DecisionPolicy, ModelIdentity]:
+        """One consistent snapshot: the policy and the identity naming its version."""
+        return self._judging
+
+    def set_policy(self, policy: DecisionPolicy, version: int | None = None) -> None:
+        """Judge with `policy` from now on, as thresholds version `version` (default: the next
+        one)."""
         if policy.classes != self.spec.classes:
             raise ValueError("a policy must keep the model's classes")
         with self._policy_lock:
-            self._policy = policy
-        log.info("model %s: thresholds updated: %s", self.spec.name, policy)
+            identity = self._judging[1]
+            number = identity.thresholds_version + 1 if version is None else version
+            self._judging = (policy, replace(identity, thresholds_version=number))
+        log.info("model %s: thresholds version %d: %s", self.spec.name, number, policy)
+
+    def follow(self, previous: Model) -> None:
+        """Number this model's thresholds after `previous`'s (it replaces that model)."""
+        self.set_policy(self.policy, previous.thresholds_version + 1)
 
     @property
     def max_batch(self) -> int | None:

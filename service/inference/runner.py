@@ -35,7 +35,7 @@ def run_batch(
     if metrics is not None:
         metrics.inference_duration.labels(model.spec.name).observe(infer)
         metrics.batch_size.labels(model.spec.name).observe(n)
-    policy = model.policy  # one snapshot of the thresholds for the whole batch
+    policy, identity = model.judging()  # one snapshot of the thresholds for the whole batch
     family = model.family
     results: list[Result | Exception] = []
     for out, geometry, before in zip(outputs, geometries, times, strict=True):
@@ -49,5 +49,5 @@ def run_batch(
             results.append(exc)
             continue
         spent = StageTimes(before.decode, before.preprocess, infer, t2 - t1, t3 - t2)
-        results.append(Result(model.identity, prediction, decision, spent, n))
+        results.append(Result(identity, prediction, decision, spent, n))
     return results
