@@ -6,11 +6,14 @@ and control (`service.control`). Nothing here runs at import; the CLI (or a test
 
 Data flow: capture (a `Camera` per source, each into its bounded `FrameBuffer`) -> infer
 (`InferStage`, batches across cameras, the batch runner decides) -> publish (`PublishStage`,
-sequence + wire payload) -> sinks, in this order: outbox (MQTT), metrics, review, drift, live view.
+sequence + wire payload) -> sinks, in this order: outbox (MQTT), metrics, review, drift, live view,
+candidates (a second model judging the same frames in its own worker, never published).
 
-Start order: models (warmed) and their HTTP batchers -> outbox -> MQTT link -> sinks -> publish
--> infer -> cameras -> watchdog. Stop is the reverse, so capture stops first, the frames already
-buffered are inferred and published, the sinks finish, and the outbox gets a chance to drain.
+Start order: models (warmed) and their HTTP batchers -> control (the model history, the
+configured candidates) -> outbox -> MQTT link -> sinks -> publish -> infer -> cameras ->
+watchdog. Stop is the reverse, so capture stops first, the frames already buffered are inferred
+and published, the sinks finish (the candidates' workers stop), and the outbox gets a chance to
+drain.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from service.api.deps import Api
 from service.config import Settings
 from service.control import Control
 from service.core.wire import Topics
+from service.history import ModelHistory
 from service.metrics import Metrics
 from service.outbox import Outbox
 from service.served import ServedModels
 from service.sinks import NullSink, Sink
+from service.sinks.candidate import CandidateSink
 from service.sinks.drift import DriftMonitor, NullDrift
 from service.sinks.live import LiveView
 from service.sinks.metrics import MetricsSink
@@ -50,7 +55,13 @@ class LineInspect:
         self.drift: DriftMonitor | NullDrift = (
             DriftMonitor(self.metrics, settings.drift) if settings.drift.enabled else NullDrift()
         )
-        self.control = Control(self.served, self.cameras, self.metrics, self.drift)
+        self.candidates = CandidateSink()
+        h = settings.history
+        self.history = ModelHistory(h.path, h.keep) if h.enabled else None
+        self.control = Control(
+            self.served, self.cameras, self.metrics, self.drift,
+            self.candidates, self.history, settings.shadow,
+        )  # fmt: skip
         self.outbox: Outbox | None = None
         self.link: MqttLink | NullLink = NullLink()
         self.review: ReviewSink | NullSink = NullSink()
@@ -84,6 +95,7 @@ class LineInspect:
         """Start every component in order; on any failure stop what started and re-raise."""
         try:
             self.served.start()
+            self.control.start()  # before the cameras: a configured candidate sees every frame
             if self.settings.cameras:
                 self.start_line()
         except BaseException:
@@ -110,6 +122,7 @@ class LineInspect:
             log.info("line drained and stopped")
         for sink in reversed(self.sinks):
             sink.close()
+        self.candidates.close()  # also without a line (HTTP only), where no sink list holds it
         self.link.stop(self.settings.mqtt.drain_timeout_s)
         if self.outbox is not None:
             depth, _ = self.outbox.depth()
@@ -144,8 +157,9 @@ class LineInspect:
             m.review_depth.set_function(review.depth)
             self.review = review
             self.sinks.append(review)
+            self.control.review = review  # candidates keep the frames they disagree on
         self.drift.start()
-        self.sinks += [self.drift, self.live]
+        self.sinks += [self.drift, self.live, self.candidates]
         self.publish = PublishStage(
             s.line.name, self.sinks, m,
             first_sequence=self.outbox.next_sequence if self.outbox else lambda camera: 1,

@@ -22,6 +22,8 @@ LATENCY_BUCKETS = (
     0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
 )  # fmt: skip
 CONFIDENCE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+# Candidate score minus live score, per class: symmetric around "no change".
+SHIFT_BUCKETS = (-0.5, -0.25, -0.1, -0.05, -0.02, -0.005, 0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -243,6 +245,71 @@ class Metrics:
             ["model", "result"],
             registry=r,
         )
+        self.model_changes = Counter(
+            "lineinspect_model_changes_total",
+            "Model changes other than reloads, by change (candidate, promote, discard, rollback) "
+            "and result (ok, failed).",
+            ["model", "change", "result"], registry=r,
+        )  # fmt: skip
+        self.history_entries = Gauge(
+            "lineinspect_model_history_entries",
+            "Models kept in the model history (history.keep at most).", ["model"], registry=r,
+        )  # fmt: skip
+        self.thresholds_version = Gauge(
+            "lineinspect_thresholds_version",
+            "Version of the thresholds the model judges with now (verdicts carry it).",
+            ["model"], registry=r,
+        )  # fmt: skip
+        # -- a candidate judging the live model's frames off the PLC path (sinks/candidate.py)
+        self.candidate_info = Gauge(
+            "lineinspect_candidate_info",
+            "The candidate running beside a live model; the value is always 1.",
+            ["model", "version", "sha256"], registry=r,
+        )  # fmt: skip
+        self.candidate_frames = Counter(
+            "lineinspect_candidate_frames_total",
+            "Frames judged by both the live model and its candidate.",
+            ["model", "camera"], registry=r,
+        )  # fmt: skip
+        self.candidate_agreement = Gauge(
+            "lineinspect_candidate_agreement_ratio",
+            "Share of those frames on which the candidate gave the live verdict, since it was "
+            "loaded.",
+            ["model", "camera"], registry=r,
+        )  # fmt: skip
+        self.candidate_flips = Counter(
+            "lineinspect_candidate_flips_total",
+            "Frames on which the candidate's verdict differs, by direction (live verdict -> "
+            "candidate verdict).",
+            ["model", "camera", "live", "candidate"], registry=r,
+        )  # fmt: skip
+        self.candidate_score_shift = Histogram(
+            "lineinspect_candidate_score_shift",
+            "Per class: the candidate's score minus the live model's on the same frame (no _sum: "
+            "shifts can be negative; the mean is lineinspect_candidate_score_shift_mean).",
+            ["model", "camera", "class"], buckets=SHIFT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.candidate_score_shift_mean = Gauge(
+            "lineinspect_candidate_score_shift_mean",
+            "Per class: the mean of candidate score minus live score since the candidate was "
+            "loaded (above 0: the candidate is more confident in that class).",
+            ["model", "camera", "class"], registry=r,
+        )  # fmt: skip
+        self.candidate_duration = Histogram(
+            "lineinspect_candidate_duration_seconds",
+            "Time the candidate took to judge one frame (preprocess, inference, postprocess, "
+            "decision), in its own worker.",
+            ["model", "camera"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.candidate_dropped = Counter(
+            "lineinspect_candidate_frames_dropped_total",
+            "Frames the candidate did not judge: its queue was full (the live path never waits).",
+            ["model", "camera"], registry=r,
+        )  # fmt: skip
+        self.candidate_errors = Counter(
+            "lineinspect_candidate_errors_total",
+            "Frames the candidate failed to judge.", ["model", "camera"], registry=r,
+        )  # fmt: skip
         try:
             import onnxruntime
 

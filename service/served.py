@@ -16,6 +16,7 @@ from service.metrics import Metrics
 from service.stages.infer import ModelSlot
 
 log = logging.getLogger(__name__)
+CONFIGURED = "configured"  # `ServedModels.load`: the card the configuration names
 
 
 def runtime_options(settings: Settings) -> RuntimeOptions:
@@ -92,20 +93,31 @@ class ServedModels:
         for name in self.models:
             self.metrics.model_ready.labels(name).set(0)
 
-    def load(self, cfg: ModelConfig, path: Path | None = None) -> Model:
-        """Load and warm a model as `cfg` configures it (from `path` instead, if given)."""
-        model = load_model(path or cfg.path, runtime_options(self.settings), cfg.card)
+    def load(
+        self, cfg: ModelConfig, path: Path | None = None, card: Path | str | None = CONFIGURED
+    ) -> Model:
+        """Load and warm a model as `cfg` configures it: from `path` instead, if given, with
+        `card` (None: the card next to the file; default: the configured one)."""
+        card_path = cfg.card if card == CONFIGURED else card
+        assert card_path is None or isinstance(card_path, Path)
+        model = load_model(path or cfg.path, runtime_options(self.settings), card_path)
         if cfg.thresholds is not None:
-            model.set_policy(make_policy(model.spec, cfg.thresholds, model.policy.good_classes))
+            policy = make_policy(model.spec, cfg.thresholds, model.policy.good_classes)
+            model.set_policy(policy, model.thresholds_version)  # not serving yet: same version
         return model
 
     def swap(self, name: str, new: Model) -> Model:
-        """Serve `new` as `name` from the next batch on, on the line and over HTTP."""
+        """Serve `new` as `name` from the next batch on, on the line and over HTTP; its
+        thresholds version follows the old model's."""
+        new.follow(self.models[name])
         old = self.slots[name].swap(new)
         self.batchers[name].model = new
         self.models[name] = new
         self._register_metrics(new, replaces=old)
         return old
+
+    def thresholds_changed(self, model: Model) -> None:
+        self.metrics.thresholds_version.labels(model.spec.name).set(model.thresholds_version)
 
     def _register_metrics(self, model: Model, replaces: Model | None = None) -> None:
         s = model.spec
@@ -119,3 +131,4 @@ class ServedModels:
         info.labels(s.name, s.version, s.sha256, s.task, s.layout or "", model.providers[0]).set(1)
         self.metrics.model_ready.labels(s.name).set(1 if model.warmed else 0)
         self.metrics.init_model(s.name, s.classes)
+        self.thresholds_changed(model)

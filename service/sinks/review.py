@@ -65,7 +65,8 @@ class _Item:
     frame: Frame
     result: Result
     sequence: int
-    reason: str  # uncertain | sample
+    reason: str  # uncertain | sample | candidate_disagrees
+    candidate: Result | None = None  # a candidate's judgement that disagreed with `result`
 
 
 class ReviewSink:
@@ -97,16 +98,27 @@ class ReviewSink:
         uncertain = result.decision.verdict is Verdict.UNCERTAIN
         if not uncertain and not (self.sample_rate and self._rng.random() < self.sample_rate):
             return
-        if not self.budget.allow(frame.camera):
-            self.metrics.review_dropped.labels(frame.camera, "budget").inc()
-            return
-        item = _Item(frame, result, judged.sequence, "uncertain" if uncertain else "sample")
+        self._enqueue(_Item(frame, result, judged.sequence, "uncertain" if uncertain else "sample"))
+
+    def offer(self, frame: Frame, result: Result, sequence: int, candidate: Result) -> bool:
+        """Keep a frame on which a candidate model disagreed with the live one (reason
+        `candidate_disagrees`), within the same budget; False when it was not taken. Called from
+        the candidate's worker, never the publisher."""
+        return self._enqueue(_Item(frame, result, sequence, "candidate_disagrees", candidate))
+
+    def _enqueue(self, item: _Item) -> bool:
+        camera = item.frame.camera
+        if not self.budget.allow(camera):
+            self.metrics.review_dropped.labels(camera, "budget").inc()
+            return False
         try:
             self._queue.put_nowait(item)
         except queue.Full:
             log.warning("camera %s frame %d: review writer behind, frame not kept",
-                        frame.camera, frame.frame_id)  # fmt: skip
-            self.metrics.review_dropped.labels(frame.camera, "queue_full").inc()
+                        camera, item.frame.frame_id)  # fmt: skip
+            self.metrics.review_dropped.labels(camera, "queue_full").inc()
+            return False
+        return True
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, then stop the writer."""
@@ -135,14 +147,18 @@ class ReviewSink:
         folder = self.root / frame.camera / day
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            if not cv2.imwrite(
+            record = review_record(
+                frame, item.result, item.sequence, item_id, item.reason,
+                f"{frame.camera}/{day}/{item_id}.jpg", item.candidate,
+            )  # fmt: skip
+            kept = folder / f"{item_id}.json"
+            if item.candidate is not None and kept.is_file():
+                # the frame is already kept (it was uncertain): add the candidate's judgement
+                record = json.loads(kept.read_text()) | {"candidate": record["candidate"]}
+            elif not cv2.imwrite(
                 str(folder / f"{item_id}.jpg"), frame.image, [cv2.IMWRITE_JPEG_QUALITY, 95]
             ):
                 raise OSError("the JPEG could not be written")
-            record = review_record(
-                frame, item.result, item.sequence, item_id, item.reason,
-                f"{frame.camera}/{day}/{item_id}.jpg",
-            )  # fmt: skip
             tmp = folder / f"{item_id}.json.tmp"
             tmp.write_text(json.dumps(record, indent=1))
             tmp.replace(folder / f"{item_id}.json")  # atomic: readers never see half a record
@@ -153,6 +169,9 @@ class ReviewSink:
             self.metrics.review_dropped.labels(frame.camera, "disk").inc()
             return
         self.metrics.review_enqueued.labels(frame.camera, item.reason).inc()
-        self.announcer.announce(
-            frame.camera, "review", {k: v for k, v in record.items() if k != "findings"}
-        )
+        announced = {k: v for k, v in record.items() if k != "findings"}
+        if "candidate" in announced:
+            announced["candidate"] = {
+                k: v for k, v in announced["candidate"].items() if k != "findings"
+            }
+        self.announcer.announce(frame.camera, "review", announced)
