@@ -1,4 +1,5 @@
-"""The command line: serve, predict, models inspect / tune / quantize, config validate / schema,
+"""The command line: serve, predict, models inspect / tune / quantize (and candidate, promote,
+discard, rollback, history on a running service), config validate / schema,
 review export, drift check, demo-client, and the training companion's train classify / detect /
 anomaly and dataset qa / export-yolo.
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 
 from service import __version__
-from service.commands import demo_client, drift, quantize, tune
+from service.commands import demo_client, drift, lifecycle, quantize, tune
 from service.config import ConfigError, Settings, json_schema, load_settings
 
 log = logging.getLogger("service")
@@ -166,6 +167,9 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     missing = [str(m.path) for m in settings.models if not m.path.is_file()]
     missing += [str(m.card) for m in settings.models if m.card and not m.card.is_file()]
+    missing += [
+        str(m.candidate) for m in settings.models if m.candidate and not m.candidate.is_file()
+    ]
     if missing:
         print(
             f"{args.file}: files not found (relative to {Path.cwd()}): {missing}", file=sys.stderr
@@ -260,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(func=cmd_models_inspect)
     tune.add_parser(models)
     quantize.add_parser(models)
+    lifecycle.add_parser(models)
 
     config = sub.add_parser("config", help="configuration tools").add_subparsers(
         dest="config_cmd", required=True

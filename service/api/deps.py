@@ -37,11 +37,20 @@ class ServedModelsView(Protocol):
 
 
 class ControlPort(Protocol):
-    """Changes while running (service.control.Control)."""
+    """Changes while running (service.control.Control). Model changes raise KeyError (no such
+    model) and service.core.errors' Refused (422), Conflict (409) and Missing (404)."""
 
     def trigger(self, camera: str, part_id: str) -> None: ...
-    def reload_model(self, name: str, path: Path | None = None) -> Model: ...
+    def reload_model(self, name: str, path: Path | None = None, by: str = "api") -> Model: ...
     def set_thresholds(self, model: Model, thresholds: ThresholdSpec) -> None: ...
+    def load_candidate(
+        self, name: str, path: Path, card: Path | None = None, by: str = "api"
+    ) -> dict[str, Any]: ...
+    def candidate_report(self, name: str) -> dict[str, Any]: ...
+    def promote_candidate(self, name: str, by: str = "api") -> Model: ...
+    def discard_candidate(self, name: str, by: str = "api") -> dict[str, Any]: ...
+    def rollback(self, name: str, by: str = "api") -> Model: ...
+    def history_of(self, name: str) -> dict[str, Any]: ...
 
 
 class LiveViewPort(Protocol):
@@ -95,6 +104,20 @@ def _check_token(api: Api, credentials: HTTPAuthorizationCredentials | None) -> 
 def require_token(api: ApiDep, credentials: Credentials) -> None:
     """Mutating routes: the token is required whenever one is configured."""
     _check_token(api, credentials)
+
+
+# Who made a change, for the model history, while one shared token exists: its placeholder id.
+TOKEN_ID = "token:default"
+
+
+def caller(api: ApiDep, credentials: Credentials) -> str:
+    """Mutating routes that record who acted: the token is checked as `require_token` does;
+    "api" when no token is configured, else the token's id."""
+    _check_token(api, credentials)
+    return "api" if api.settings.api.token is None else TOKEN_ID
+
+
+Caller = Annotated[str, Depends(caller)]
 
 
 def predict_token(api: ApiDep, credentials: Credentials) -> None:

@@ -7,9 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
-from service.api.deps import ApiDep, require_token
+from service.api.deps import ApiDep, Caller, require_token
 from service.api.models import describe
 from service.api.schemas import ModelDescription, errors
+from service.core.errors import RefusedError
 from service.inference.card import CardError
 from service.inference.errors import ModelError
 from service.inference.runtime import RuntimeSetupError
@@ -92,18 +93,23 @@ def trigger(api: ApiDep, camera: str, body: TriggerRequest) -> dict[str, str]:
 @router.post(
     "/models/{name}/reload",
     summary="Load the model's file (and card) again and swap it in without stopping anything.",
-    dependencies=[Depends(require_token)],
     responses=errors(400, 401, 404, 422),
 )
-def reload_model(api: ApiDep, name: str, body: ReloadRequest | None = None) -> ModelDescription:
+def reload_model(
+    api: ApiDep, name: str, by: Caller, body: ReloadRequest | None = None
+) -> ModelDescription:
     from pathlib import Path
 
     try:
-        model = api.control.reload_model(name, Path(body.path) if body and body.path else None)
+        model = api.control.reload_model(
+            name, Path(body.path) if body and body.path else None, by=by
+        )
     except KeyError:
         raise HTTPException(
             404, f"no model named {name!r}; loaded: {sorted(api.models.models)}"
         ) from None
+    except RefusedError as exc:  # says itself that the model keeps serving
+        raise HTTPException(422, str(exc)) from exc
     except (FileNotFoundError, CardError, ModelError, RuntimeSetupError, ValueError) as exc:
         raise HTTPException(422, f"reload refused, {name} keeps serving: {exc}") from exc
     return describe(model)

@@ -47,6 +47,7 @@ def describe(model: Model) -> ModelDescription:
         sources=s.sources,
         warnings=list(s.warnings),
         ready=model.warmed,
+        thresholds_version=model.thresholds_version,
     )
 
 

@@ -31,6 +31,9 @@ class ModelDescription(BaseModel):
     sources: dict[str, str] = Field(description="Where each resolved setting came from.")
     warnings: list[str]
     ready: bool
+    thresholds_version: int = Field(
+        1, description="Version of the thresholds it judges with now (verdicts carry it)."
+    )
 
 
 class ModelsResponse(BaseModel):
@@ -56,6 +59,76 @@ class ThresholdsResponse(BaseModel):
     thresholds: ThresholdsUpdate
 
 
+class CandidateRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="The candidate's ONNX file on the service's host.",
+    )
+    card: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="Its model card; default: `<stem>.card.yaml` next to the file.",
+    )
+
+
+class CandidateInfo(BaseModel):
+    name: str
+    version: str
+    sha256: str
+    task: str
+    classes: list[str]
+    source: str = Field(description="The file it was loaded from.")
+    card: str | None
+    loaded_by: str = Field(description='"config", "api" or the id of the token that loaded it.')
+    loaded_at: float = Field(description="Unix time.")
+    queue: dict[str, int] = Field(description="Its worker's queue: size and frames waiting.")
+
+
+class CandidateReport(BaseModel):
+    """How a candidate judged the live model's frames since it was loaded."""
+
+    model: str = Field(description="The live model it runs beside.")
+    candidate: CandidateInfo
+    compared_classes: list[str] = Field(description="Classes both know: their score shifts.")
+    totals: dict[str, Any] = Field(
+        description="All cameras: compared, agreements, agreement (0..1), flips by direction "
+        "(live->candidate), dropped, errors, kept_for_review."
+    )
+    cameras: dict[str, dict[str, Any]] = Field(
+        description="Per camera: the totals' fields, score_shift per class (mean and mean_abs "
+        "of candidate - live) and latency_ms (p50, p95, mean) of live and candidate."
+    )
+
+
+class HistoryEntry(BaseModel):
+    id: str
+    model: str
+    file: str
+    card: str | None
+    sha256: str
+    card_sha256: str | None
+    version: str
+    served_at: float = Field(description="Unix time it began serving.")
+    by: str = Field(description='Who put it there: "config", "api" or a token id.')
+    event: str = Field(description="start, reload or promote.")
+    source: str = Field(description="The path it was loaded from.")
+    rolled_back_at: float | None
+    rolled_back_by: str | None
+    current: bool = Field(description="The entry serving now.")
+
+
+class HistoryResponse(BaseModel):
+    model: str
+    enabled: bool
+    keep: int = Field(description="Most entries kept (history.keep).")
+    serving: dict[str, str] | None = None
+    entries: list[HistoryEntry] = Field(description="Newest first.")
+
+
 class ErrorResponse(BaseModel):
     """Every refusal: a precise, human-readable reason (FastAPI's list form for bad fields)."""
 
@@ -66,7 +139,8 @@ _ERRORS = {
     400: "Malformed input: empty, corrupt or truncated image, broken multipart.",
     401: "A bearer token is required (api.token is set) and it is missing or wrong.",
     404: "No such model, camera or item.",
-    409: "The request conflicts with the current state (e.g. the camera is not in trigger mode).",
+    409: "The request conflicts with the current state (e.g. the camera is not in trigger mode, "
+    "no candidate to promote, no earlier model to roll back to).",
     413: "Body or declared image size over the limit; the connection is closed.",
     415: "Unsupported media type or image format.",
     422: "Invalid parameters or body.",

@@ -54,6 +54,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator
         "LINEINSPECT__OUTBOX__PATH": str(tmp / "outbox.sqlite"),
         "LINEINSPECT__REVIEW__PATH": str(tmp / "review"),
         "LINEINSPECT__REVIEW__SAMPLE_RATE": "1.0",
+        "LINEINSPECT__HISTORY__PATH": str(tmp / "history"),
     }
     log = tmp / "server.log"
     with log.open("w") as err:

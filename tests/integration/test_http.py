@@ -54,6 +54,7 @@ def test_predict_real_neu_images(serve: Serve, data_dir: Path, demo_model: Path)
             "version": "0.1.0",
             "sha256": file_sha256(demo_model),
             "task": "classify",
+            "thresholds_version": 1,  # additive (issue 14): the thresholds it was judged with
         }
         assert body["image"] == {"width": 200, "height": 200}
         assert body["verdict"] in ("fail", "uncertain")  # every NEU class is a defect

@@ -21,12 +21,14 @@ from fastapi.testclient import TestClient
 from service.api.deps import Api
 from service.api.server import create_app
 from service.config import Settings
+from service.core.errors import ConflictError, NotFoundError, RefusedError
 from service.core.types import Frame, Judged, Result
 from service.core.wire import verdict_payload
 from service.inference.card import ThresholdSpec
 from service.inference.model import Model
 from service.metrics import Metrics
 from service.served import ServedModels
+from service.sinks.candidate import Candidate, Origin
 from service.sinks.drift import NullDrift
 from service.sinks.live import LiveView
 
@@ -41,18 +43,59 @@ class FakeControl:
         self.calls: list[tuple[str, Any]] = []
         self.trigger_error: Exception | None = None
         self.reload_error: Exception | None = None
+        self.models: dict[str, Model] = {}
+        self.errors: dict[str, Exception] = {}
 
     def trigger(self, camera: str, part_id: str) -> None:
         self.calls.append(("trigger", (camera, part_id)))
         if self.trigger_error is not None:
             raise self.trigger_error
 
-    def reload_model(self, name: str, path: Path | None = None) -> Model:
+    def reload_model(self, name: str, path: Path | None = None, by: str = "api") -> Model:
         self.calls.append(("reload", (name, path)))
         raise self.reload_error or KeyError(name)
 
     def set_thresholds(self, model: Model, thresholds: ThresholdSpec) -> None:
         self.calls.append(("thresholds", thresholds))
+
+    # -- model changes: unknown models are a KeyError, `errors[change]` is raised when set
+    def _change(self, change: str, name: str, *args: Any) -> None:
+        self.calls.append((change, (name, *args)))
+        if name not in self.models:
+            raise KeyError(name)
+        if change in self.errors:
+            raise self.errors[change]
+
+    def _report(self, name: str) -> dict[str, Any]:
+        model = self.models[name]
+        origin = Origin("/m/candidate.onnx", None, "api", 1.0)
+        return Candidate(name, model, origin, Metrics(), ["cam1"], model.spec.classes).report()
+
+    def load_candidate(
+        self, name: str, path: Path, card: Path | None = None, by: str = "api"
+    ) -> dict[str, Any]:
+        self._change("candidate", name, path, card, by)
+        return self._report(name)
+
+    def candidate_report(self, name: str) -> dict[str, Any]:
+        self._change("report", name)
+        return self._report(name)
+
+    def promote_candidate(self, name: str, by: str = "api") -> Model:
+        self._change("promote", name, by)
+        return self.models[name]
+
+    def discard_candidate(self, name: str, by: str = "api") -> dict[str, Any]:
+        self._change("discard", name, by)
+        return self._report(name)
+
+    def rollback(self, name: str, by: str = "api") -> Model:
+        self._change("rollback", name, by)
+        return self.models[name]
+
+    def history_of(self, name: str) -> dict[str, Any]:
+        self._change("history", name)
+        return {"model": name, "enabled": True, "keep": 10, "entries": []}
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +248,98 @@ def test_the_live_view_is_safe_to_read_while_written(served: ServedModels) -> No
     assert errors == []
     last = live.last_verdict("cam0")
     assert last is not None and last["frame_id"] == 30
+
+
+def test_model_change_routes_map_refusals_to_status_codes(served: ServedModels) -> None:
+    control = FakeControl()
+    control.models = dict(served.models)
+    client = TestClient(create_app(make_api(served, control, LiveView())))
+    base = "/v1/models/neu-cls-demo"
+    body = {"path": "/m/candidate.onnx"}
+    # unknown model: 404 on every route, the names loaded in the reason
+    for method, path in [("POST", "/candidate"), ("GET", "/candidate"), ("DELETE", "/candidate"),
+                         ("POST", "/candidate/promote"), ("POST", "/rollback"), ("GET", "/history")]:  # fmt: skip
+        r = client.request(
+            method, f"/v1/models/nope{path}", json=body if path == "/candidate" else None
+        )
+        assert r.status_code == 404 and "neu-cls-demo" in r.json()["detail"], (method, path, r.text)
+    # a bad body is a 422 before control is asked
+    calls = len(control.calls)
+    for bad in ({}, {"path": ""}, {"path": "/m.onnx", "extra": 1}, {"path": "/m.onnx", "card": ""}):
+        assert client.post(f"{base}/candidate", json=bad).status_code == 422, bad
+    assert len(control.calls) == calls
+    # loaded: the report; who loaded it is "api" without a token
+    ok = client.post(f"{base}/candidate", json=body | {"card": "/m/c.card.yaml"})
+    assert ok.status_code == 200, ok.text
+    report = ok.json()
+    assert report["model"] == "neu-cls-demo" and report["candidate"]["version"] == "0.1.0"
+    assert set(report["totals"]["flips"]) == {
+        "pass->fail", "pass->uncertain", "fail->pass", "fail->uncertain",
+        "uncertain->pass", "uncertain->fail",
+    }  # fmt: skip
+    assert report["cameras"]["cam1"]["compared"] == 0
+    assert control.calls[-1] == (
+        "candidate",
+        ("neu-cls-demo", Path("/m/candidate.onnx"), Path("/m/c.card.yaml"), "api"),
+    )
+    assert client.get(f"{base}/candidate").status_code == 200
+    control.errors["candidate"] = RefusedError("candidate refused, neu-cls-demo keeps serving: x")
+    refused = client.post(f"{base}/candidate", json=body)
+    assert refused.status_code == 422 and "keeps serving" in refused.json()["detail"]
+    control.errors["report"] = NotFoundError("model neu-cls-demo has no candidate")
+    assert client.get(f"{base}/candidate").status_code == 404
+    control.errors["discard"] = NotFoundError("model neu-cls-demo has no candidate")
+    assert client.delete(f"{base}/candidate").status_code == 404
+    del control.errors["discard"]
+    assert client.delete(f"{base}/candidate").json()["model"] == "neu-cls-demo"
+    # promote and rollback answer the model now serving, with its thresholds version
+    promoted = client.post(f"{base}/candidate/promote")
+    assert promoted.status_code == 200 and promoted.json()["thresholds_version"] >= 1
+    control.errors["promote"] = ConflictError("model neu-cls-demo has no candidate to promote")
+    conflict = client.post(f"{base}/candidate/promote")
+    assert conflict.status_code == 409 and "no candidate" in conflict.json()["detail"]
+    assert client.post(f"{base}/rollback").status_code == 200
+    control.errors["rollback"] = ConflictError("no earlier model of neu-cls-demo in the history")
+    assert client.post(f"{base}/rollback").status_code == 409
+    control.errors["rollback"] = RefusedError("rollback refused, neu-cls-demo keeps serving: x")
+    assert client.post(f"{base}/rollback").status_code == 422
+    history = client.get(f"{base}/history")
+    assert history.status_code == 200 and history.json()["entries"] == []
+
+
+def test_model_changes_need_the_token_and_record_who(served: ServedModels) -> None:
+    control = FakeControl()
+    control.models = dict(served.models)
+    client = TestClient(create_app(make_api(served, control, LiveView(), token=TOKEN)))
+    base = "/v1/models/neu-cls-demo"
+    for method, path in [("POST", "/candidate"), ("DELETE", "/candidate"),
+                         ("POST", "/candidate/promote"), ("POST", "/rollback"), ("POST", "/reload")]:  # fmt: skip
+        r = client.request(
+            method, base + path, json={"path": "/m.onnx"} if path == "/candidate" else None
+        )
+        assert r.status_code == 401, (method, path)
+    assert control.calls == []
+    assert client.get(f"{base}/history").status_code == 200  # reading needs no token
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.post(f"{base}/rollback", headers=auth).status_code == 200
+    assert control.calls[-1] == ("rollback", ("neu-cls-demo", "token:default"))
+
+
+def test_verdicts_carry_the_thresholds_version(served: ServedModels) -> None:
+    client = TestClient(create_app(make_api(served, FakeControl(), LiveView())))
+    model = served.models["neu-cls-demo"]
+    before = client.post("/v1/predict", content=png(), headers={"content-type": "image/png"})
+    version = before.json()["model"]["thresholds_version"]
+    assert version == model.thresholds_version
+    assert set(before.json()["model"]) == {
+        "name",
+        "version",
+        "sha256",
+        "task",
+        "thresholds_version",
+    }
+    model.set_policy(model.policy)  # a threshold change, even to the same values
+    after = client.post("/v1/predict", content=png(), headers={"content-type": "image/png"})
+    assert after.json()["model"]["thresholds_version"] == version + 1
+    listed = client.get("/v1/models").json()["models"][0]
+    assert listed["thresholds_version"] == version + 1
