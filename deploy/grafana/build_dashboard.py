@@ -476,6 +476,85 @@ def models() -> list[Panel]:
             "provider really in use.",
         ),
         up_down("Model ready", targets((f"lineinspect_model_ready{{{L}}}", "{{model}}"))),
+        timeseries(
+            "Thresholds version and kept models",
+            targets(
+                (f"lineinspect_thresholds_version{{{L}}}", "{{model}} thresholds version"),
+                (f"lineinspect_model_history_entries{{{L}}}", "{{model}} models kept"),
+            ),
+            description="The thresholds version goes up on every threshold change and model "
+            "swap (verdicts carry it); kept models are what POST .../rollback can return to.",
+        ),
+    ]
+
+
+def candidate() -> list[Panel]:
+    """A candidate model judging the live model's frames off the PLC path (POST
+    /v1/models/{name}/candidate): empty while no candidate runs."""
+    mean_shift = f"lineinspect_candidate_score_shift_mean{{{LC}}}"
+    duration = "lineinspect_candidate_duration_seconds"
+    return [
+        table(
+            "Candidates",
+            f"lineinspect_candidate_info{{{L}}}",
+            hide=("job",),
+            description="The candidate running beside each live model: version and sha256.",
+        ),
+        timeseries(
+            "Candidate agreement",
+            targets((f"lineinspect_candidate_agreement_ratio{{{LC}}}", "{{model}} / {{camera}}")),
+            unit="percentunit",
+            limits=(0, 1),
+            description="Share of frames on which the candidate gave the live verdict, since "
+            "it was loaded (GET /v1/models/{name}/candidate has the details).",
+        ),
+        timeseries(
+            "Candidate verdict flips by direction",
+            targets(
+                (
+                    per_s("camera, live, candidate", "lineinspect_candidate_flips_total", LC),
+                    "{{camera}} {{live}} -> {{candidate}}",
+                )
+            ),
+            unit="cps",
+            description="Frames the candidate judged otherwise: live verdict -> candidate verdict "
+            "(pass -> fail: stricter, fail -> pass: misses the live model's rejects).",
+        ),
+        timeseries(
+            "Candidate score shift by class (mean)",
+            targets((mean_shift, "{{camera}} {{class}}")),
+            limits=(-1, 1),
+            description="Candidate score minus live score on the same frames, averaged since "
+            "the candidate was loaded: above 0, the candidate is more confident in that class.",
+        ),
+        timeseries(
+            "Candidate vs live latency",
+            targets(
+                (quantile(0.5, duration, LC, "camera"), "{{camera}} candidate p50"),
+                (quantile(0.95, duration, LC, "camera"), "{{camera}} candidate p95"),
+                (
+                    quantile(0.5, "lineinspect_inference_duration_seconds", L, "model"),
+                    "{{model}} live inference p50",
+                ),
+            ),
+            unit="s",
+            description="The candidate's time per frame (preprocess to decision, in its own "
+            "worker) beside the live model's inference time.",
+        ),
+        timeseries(
+            "Candidate frames: judged, dropped, failed",
+            targets(
+                (per_s("camera", "lineinspect_candidate_frames_total", LC), "{{camera}} judged"),
+                (
+                    per_s("camera", "lineinspect_candidate_frames_dropped_total", LC),
+                    "{{camera}} dropped",
+                ),
+                (per_s("camera", "lineinspect_candidate_errors_total", LC), "{{camera}} failed"),
+            ),
+            unit="cps",
+            description="Dropped: the candidate's queue was full (the live path never waits "
+            "for it); its figures cover the frames it judged.",
+        ),
     ]
 
 
@@ -516,7 +595,8 @@ def build() -> dict[str, Any]:
         ("Delivery to the PLC (MQTT, outbox)", delivery(), 8, 3, None),
         ("Cameras", cameras(), 8, 3, None),
         ("Human review", review(), 8, 2, None),
-        ("Models", models(), 8, 2, None),
+        ("Models", models(), 8, 3, None),
+        ("Candidate model (shadow, off the PLC path)", candidate(), 8, 3, None),
         ("Camera $camera", per_camera(), 8, 3, "camera"),
     ]
     panels: list[Panel] = []

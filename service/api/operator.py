@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from service.api.deps import Api, ApiDep, require_token
 from service.api.schemas import errors
+from service.core.errors import NotFoundError
 from service.core.types import Frame, Result
 from service.review_store import CAMERA_NAME, ITEM_ID, item_path, list_items, write_label
 from service.sinks.live import FEED_SIZE
@@ -194,18 +195,44 @@ def verdict_counts(api: Api) -> dict[str, dict[str, int]]:
     return counts
 
 
+def candidate_reports(api: Api) -> dict[str, dict[str, Any]]:
+    """Per live model with a candidate: its report (service.sinks.candidate)."""
+    reports = {}
+    for name in api.models.models:
+        try:
+            reports[name] = api.control.candidate_report(name)
+        except (KeyError, NotFoundError):
+            continue
+    return reports
+
+
+def camera_candidate(report: dict[str, Any] | None, camera: str) -> dict[str, Any] | None:
+    """A camera's line of its model's candidate report: version, agreement, flips, drops."""
+    if report is None:
+        return None
+    per = report["cameras"].get(camera, {})
+    return {
+        "version": report["candidate"]["version"],
+        "sha256": report["candidate"]["sha256"],
+        **{k: v for k, v in per.items() if k not in ("score_shift", "latency_ms")},
+    }
+
+
 @router.get("/v1/operator/state", summary="What the operator page shows, in one poll.")
 def operator_state(
     request: Request, api: ApiDep, feed: Annotated[int, Query(ge=1, le=FEED_SIZE)] = 30
 ) -> dict[str, Any]:
-    counts, drift = verdict_counts(api), drift_snapshot(api)
+    counts, drift, candidates = verdict_counts(api), drift_snapshot(api), candidate_reports(api)
     cameras = {}
     for cam in api.settings.cameras:
         per = counts.get(cam.name, {})
+        model = cam.model or api.models.default
+        report = candidates.get(model or "")
         cameras[cam.name] = {
-            "model": cam.model or api.models.default,
+            "model": model,
             "counts": {v: per.get(v, 0) for v in ("pass", "fail", "uncertain")},
             "drift": drift.get(cam.name) if drift is not None else None,
+            "candidate": camera_candidate(report, cam.name),
         }
     return {
         "line": api.settings.line.name,
@@ -215,6 +242,10 @@ def operator_state(
         "models": {
             name: {"task": m.spec.task, "classes": list(m.spec.classes)}
             for name, m in api.models.models.items()
+        },
+        "candidates": {
+            name: {"candidate": r["candidate"], "totals": r["totals"]}
+            for name, r in candidates.items()
         },
         "review_enabled": api.settings.review.enabled,
         "token_required": api.settings.api.token is not None,
@@ -235,7 +266,7 @@ def _classes_for(api: Api, item: dict[str, Any]) -> list[str]:
 def _public(api: Api, item: dict[str, Any]) -> dict[str, Any]:
     keys = ("id", "camera", "frame_id", "part_id", "sequence", "captured_at", "reason",
             "verdict", "decision", "model", "task", "width", "height", "findings", "label",
-            "labelled_by", "labelled_at")  # fmt: skip
+            "labelled_by", "labelled_at", "candidate")  # fmt: skip
     out = {k: item.get(k) for k in keys}
     out["image_url"] = f"/v1/review/{item.get('camera')}/{item.get('id')}.jpg"
     out["classes"] = _classes_for(api, item)

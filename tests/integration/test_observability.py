@@ -243,8 +243,12 @@ def line_config(tmp_path: Path, broker: Broker, images: list[Path]) -> Path:
         # the same parts under failing lighting (55 % of the light), written losslessly
         image = cv2.convertScaleAbs(cv2.imread(str(path)), alpha=0.55)
         cv2.imwrite(str(dark / f"{i:03d}.png"), image)
+    int8 = str(REPO / "models" / "neu-cls-int8.onnx")  # has a drift reference
     config = {
-        "models": [{"path": str(REPO / "models" / "neu-cls-int8.onnx")}],  # has a drift reference
+        # the candidate panels need a candidate: the same file judging beside it
+        "models": [{"path": int8, "candidate": int8}],
+        "history": {"path": str(tmp_path / "history")},
+        "shadow": {"idle": False},  # nice, not SCHED_IDLE: it must judge some frames on a busy box
         "runtime": {"warmup_runs": 1},
         "line": {"name": LINE},
         # looped at 20 fps: the cameras stay up, counters keep moving for every rate(), and

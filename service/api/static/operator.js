@@ -90,8 +90,10 @@
       counts.append(box);
     }
     const last = el("p", "last", "");
-    root.append(head, view, counts, last);
-    const tile = { root, img, waiting, state, drift, numbers, last, frameKey: null };
+    const candidate = el("p", "candidate", "");
+    candidate.hidden = true;
+    root.append(head, view, counts, last, candidate);
+    const tile = { root, img, waiting, state, drift, numbers, last, candidate, frameKey: null };
     tiles.set(name, tile);
     return tile;
   }
@@ -115,6 +117,7 @@
       for (const verdict of ["pass", "fail", "uncertain"]) {
         tile.numbers[verdict].textContent = String(info.counts[verdict] ?? 0);
       }
+      showCandidate(tile.candidate, info.candidate);
       const drift = info.drift;
       if (drift && drift.state) {
         const ratio = drift.uncertain_ratio;
@@ -132,6 +135,20 @@
         tile.drift.title = "no drift monitor";
       }
     }
+  }
+
+  // A candidate model judging this camera's frames beside the live one (never published).
+  function showCandidate(node, c) {
+    node.hidden = !c;
+    if (!c) return;
+    const f = c.flips || {};
+    const toU = (f["pass->uncertain"] || 0) + (f["fail->uncertain"] || 0);
+    const fromU = (f["uncertain->pass"] || 0) + (f["uncertain->fail"] || 0);
+    const agree = typeof c.agreement === "number" ? `${(100 * c.agreement).toFixed(1)}%` : "n/a";
+    node.textContent = `candidate ${c.version}: agrees ${agree} of ${c.compared} · `
+      + `pass→fail ${f["pass->fail"] || 0} · fail→pass ${f["fail->pass"] || 0} · `
+      + `to uncertain ${toU} · from uncertain ${fromU} · dropped ${c.dropped}`;
+    node.title = `sha256 ${c.sha256}; disagreements kept for review: ${c.kept_for_review}`;
   }
 
   function renderCameras(cams, state) {
@@ -299,6 +316,11 @@
     head.append(el("span", "muted", `${item.reason} · ${clock(item.captured_at)}`));
     body.append(head);
     body.append(el("p", "decision", item.decision));
+    if (item.candidate) {
+      const c = item.candidate;
+      const said = `candidate ${(c.model || {}).version || ""} said ${String(c.verdict).toUpperCase()}`;
+      body.append(el("p", "candidate", `${said}: ${c.decision}`));
+    }
 
     const findings = el("ul", "findings");
     const shown = (item.findings || []).slice(0, 5);
