@@ -22,6 +22,7 @@ import logging
 import threading
 
 from service.api.deps import Api
+from service.changeover import Changeover
 from service.config import Settings
 from service.control import Control
 from service.core.wire import Topics
@@ -62,6 +63,7 @@ class LineInspect:
             self.served, self.cameras, self.metrics, self.drift,
             self.candidates, self.history, settings.shadow,
         )  # fmt: skip
+        self.changeover = Changeover(settings.recipes, self.served, self.control, self.metrics)
         self.outbox: Outbox | None = None
         self.link: MqttLink | NullLink = NullLink()
         self.review: ReviewSink | NullSink = NullSink()
@@ -89,6 +91,7 @@ class LineInspect:
             cameras=self.cameras,
             link_status=lambda: (self.link.connected.is_set(), self.link.last_error),
             outbox_depth=lambda: self.outbox.depth() if self.outbox else (0, None),
+            recipes=self.changeover,
         )
 
     def start(self) -> None:
@@ -144,8 +147,14 @@ class LineInspect:
                 outbox,
                 on_connection=lambda up: m.mqtt_connected.set(1 if up else 0),
                 on_sent=m.mqtt_sent.inc,
-                subscriptions=[topics.every_camera("trigger")],
-                on_message=self.control.on_trigger_message,
+                subscriptions={
+                    topics.every_camera("trigger"): self.control.on_trigger_message,
+                    **(
+                        {topics.line_topic("recipe"): self.changeover.on_message}
+                        if s.recipes
+                        else {}
+                    ),
+                },
             )
             self.link.start()
             announcer = OutboxPublisher(outbox, topics)
@@ -170,8 +179,12 @@ class LineInspect:
             max_wait_s=s.line.max_wait_ms / 1000, preprocess_threads=s.line.preprocess_threads,
             workers=self.served.parallel_runs,
         )  # fmt: skip
+        routing = {c.name: c.model or self.served.default or "" for c in s.cameras}
+        self.changeover.attach(self.infer, buffers, routing, announcer)
         self.publish.start()
         self.infer.start()
+        if s.line.recipe is not None:  # before the cameras: every frame under the recipe
+            self.changeover.select(s.line.recipe, by="config")
         self._start_cameras(buffers)
         self.watchdog = Watchdog(self.cameras)
         self.watchdog.start()
@@ -213,6 +226,16 @@ class LineInspect:
             )  # fmt: skip
             route.buffers.append(buffers[cam.name])
             self.drift.init_camera(cam.name, route.slot.model)
+        for recipe in self.settings.recipes:  # a recipe's model serves when it is selected
+            for cam_name, rc in recipe.cameras.items():
+                if rc.model not in served.slots:
+                    raise ValueError(
+                        f"recipe {recipe.name}, camera {cam_name}: no model named {rc.model!r}; "
+                        f"loaded: {sorted(served.slots)}"
+                    )
+                if rc.model not in routes:
+                    routes[rc.model] = Route(served.slots[rc.model], [], threading.Event())
+                    self.drift.register(served.slots[rc.model].model)
         return routes, buffers
 
     def _start_cameras(self, buffers: dict[str, FrameBuffer]) -> None:

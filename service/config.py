@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from service.config_sections import (
@@ -33,6 +33,7 @@ from service.config_sections import (
     ShadowConfig,
     TlsConfig,
 )
+from service.recipes import RecipeConfig, check
 
 __all__ = [
     "DEFAULT_MODEL", "ENV_PREFIX", "ApiConfig", "BatchConfig", "BufferConfig", "CameraConfig",
@@ -81,6 +82,21 @@ class Settings(BaseSettings):
     history: HistoryConfig = Field(
         default_factory=HistoryConfig, description="Copies of the models that have served."
     )
+    recipes: list[RecipeConfig] = Field(
+        default_factory=list,
+        description="Named sets of (model, thresholds) per camera that a PLC selects over MQTT "
+        "(`<prefix>/<line>/recipe`) or HTTP (`PUT /v1/recipe`) at a product changeover.",
+    )
+
+    @model_validator(mode="after")
+    def _recipes_fit(self) -> Settings:
+        problems = check(self.recipes, [c.name for c in self.cameras])
+        names = {r.name for r in self.recipes}
+        if self.line.recipe is not None and self.line.recipe not in names:
+            problems.append(f"line.recipe {self.line.recipe!r} is not a recipe: {sorted(names)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @field_validator("models")
     @classmethod

@@ -173,6 +173,11 @@ class LineConfig(_Section):
         0.0, ge=0.0, le=1000.0, description="Wait for a fuller batch; 0 = greedy (lowest latency)."
     )
     preprocess_threads: int = Field(2, ge=1, le=64, description="Threads decoding/resizing frames.")
+    recipe: str | None = Field(
+        None,
+        description="The recipe selected at start (see `recipes`); none: each camera's own "
+        "`model` and each model's thresholds.",
+    )
 
 
 class TlsConfig(_Section):

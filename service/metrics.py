@@ -117,6 +117,18 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.recipe_changes = Counter(
+            "lineinspect_recipe_changes_total",
+            "Recipe selections (PLC over MQTT or HTTP), by result: ok or refused.",
+            ["result"],
+            registry=r,
+        )
+        self.recipe_active = Gauge(
+            "lineinspect_recipe_active",
+            "1 for the recipe the line runs, 0 for the other configured recipes.",
+            ["recipe"],
+            registry=r,
+        )
         # -- the line (capture -> inference -> MQTT)
         self.frames_captured = Counter(
             "lineinspect_frames_captured_total",

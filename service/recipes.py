@@ -45,6 +45,10 @@ class RecipeError(ValueError):
     """A recipe cannot be selected; the message says why (the line keeps the current one)."""
 
 
+class UnknownRecipeError(RecipeError):
+    """No recipe of that name."""
+
+
 @dataclass(frozen=True)
 class Plan:
     """What selecting a recipe changes."""
@@ -88,7 +92,7 @@ def plan(
     loaded."""
     recipe = recipes.get(name)
     if recipe is None:
-        raise RecipeError(f"no recipe named {name!r}; recipes: {sorted(recipes)}")
+        raise UnknownRecipeError(f"no recipe named {name!r}; recipes: {sorted(recipes)}")
     loaded = set(models)
     missing = sorted({c.model for c in recipe.cameras.values()} - loaded)
     if missing:

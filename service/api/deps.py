@@ -61,6 +61,13 @@ class LiveViewPort(Protocol):
     def recent(self, limit: int) -> list[dict[str, Any]]: ...
 
 
+class RecipesPort(Protocol):
+    """Recipe changeovers (service.changeover.Changeover)."""
+
+    def state(self) -> dict[str, Any]: ...
+    def select(self, name: str, by: str = "api") -> dict[str, Any]: ...
+
+
 class DriftView(Protocol):
     def snapshot(self) -> dict[str, dict[str, Any]]: ...
 
@@ -77,6 +84,7 @@ class Api:
     cameras: Mapping[str, Camera]
     link_status: Callable[[], tuple[bool, str]]  # MQTT: (connected, last error)
     outbox_depth: Callable[[], tuple[int, float | None]]  # (messages, oldest age in s)
+    recipes: RecipesPort
 
 
 def get_api(request: Request) -> Api:

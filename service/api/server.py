@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
-from service.api import health, lifecycle, line, models, operator, predict
+from service.api import health, lifecycle, line, models, operator, predict, recipes
 from service.api.deps import Api
 from service.metrics import Metrics
 
@@ -63,6 +63,7 @@ def create_app(api: Api) -> FastAPI:
     app.include_router(models.router)
     app.include_router(line.router)
     app.include_router(lifecycle.router)
+    app.include_router(recipes.router)
     app.include_router(health.router)
     operator.install(app)  # /ui and the routes behind it
     app.add_middleware(HttpMetrics, metrics=api.metrics)

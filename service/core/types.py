@@ -168,6 +168,7 @@ class Judged:
     done_mono: float  # time.monotonic() when the result (or the error) was known
     sequence: int = 0
     payload: dict[str, Any] = field(default_factory=dict)  # the MQTT verdict (core.wire)
+    recipe: str | None = None  # the recipe selected when its batch was judged (service.recipes)
 
     @property
     def camera(self) -> str:

@@ -90,8 +90,10 @@ def verdict_payload(
     error: str | None,
     sequence: int,
     done_mono: float,
+    recipe: str | None = None,
 ) -> dict[str, Any]:
-    """The verdict a PLC receives for one frame (or for a part whose frame never came)."""
+    """The verdict a PLC receives for one frame (or for a part whose frame never came); with
+    the recipe it was judged under when the line has recipes."""
     body: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "line": line,
@@ -103,6 +105,8 @@ def verdict_payload(
         "decided_at": round(time.time(), 6),
         "latency_ms": round((done_mono - frame.captured_mono) * 1000, 3),
     }
+    if recipe is not None:
+        body["recipe"] = recipe
     if result is None:
         return body | {"verdict": Verdict.UNCERTAIN.value, "reason": error, "error": True,
                        "findings": [], "model": None}  # fmt: skip
@@ -115,6 +119,28 @@ def verdict_payload(
         "findings": findings,
         "findings_total": len(d.findings),
         "model": model_ref(result),
+    }
+
+
+def recipe_event(
+    requested: str,
+    accepted: bool,
+    active: str | None,
+    reason: str | None = None,
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    """The acknowledgement of a recipe selection, on `<prefix>/<line>/status` (not retained:
+    the retained message there stays the online/offline state)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "state": "online",  # what every status message says: readers of the state keep working
+        "event": "recipe",
+        "requested": requested,
+        "accepted": accepted,
+        "active": active,
+        "reason": reason,
+        "request_id": request_id,
+        "time": round(time.time(), 6),
     }
 
 

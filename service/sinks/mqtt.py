@@ -17,7 +17,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,12 +56,11 @@ class MqttLink:
         outbox: Outbox,
         on_connection: Callable[[bool], None] | None = None,
         on_sent: Callable[[int], None] | None = None,
-        subscriptions: list[str] | None = None,
-        on_message: Callable[[str, bytes], None] | None = None,
+        subscriptions: Mapping[str, Callable[[str, bytes], None]] | None = None,
     ) -> None:
         self.options, self.outbox = options, outbox
-        self.subscriptions = subscriptions or []
-        self._on_message = on_message or (lambda topic, payload: None)
+        # topic filter -> its handler (triggers, recipe selections), called on paho's thread
+        self.subscriptions = dict(subscriptions or {})
         self._on_connection = on_connection or (lambda up: None)
         self._on_sent = on_sent or (lambda n: None)
         self.connected = threading.Event()
@@ -132,7 +131,10 @@ class MqttLink:
 
     def _message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
-            self._on_message(message.topic, bytes(message.payload))
+            for sub, handle in self.subscriptions.items():
+                if mqtt.topic_matches_sub(sub, message.topic):
+                    handle(message.topic, bytes(message.payload))
+                    return
         except Exception:  # a bad trigger must not kill paho's network thread
             log.exception("mqtt: handling a message on %s failed", message.topic)
 

@@ -31,11 +31,18 @@ class OutboxPublisher:
     def announce(self, camera: str, kind: str, payload: dict[str, Any]) -> None:
         self.outbox.append(self.topics.camera(camera, kind), encode(payload), qos=1)
 
+    def announce_line(self, kind: str, payload: dict[str, Any]) -> None:
+        """`<prefix>/<line>/<kind>`, not retained."""
+        self.outbox.append(self.topics.line_topic(kind), encode(payload), qos=1)
+
 
 class NullPublisher:
     """No broker configured: announcements go nowhere."""
 
     def announce(self, camera: str, kind: str, payload: dict[str, Any]) -> None:
+        pass
+
+    def announce_line(self, kind: str, payload: dict[str, Any]) -> None:
         pass
 
 

@@ -108,6 +108,7 @@ class InferStage:
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self._pool = ThreadPoolExecutor(preprocess_threads, thread_name_prefix="preprocess")
         self._stop = threading.Event()
+        self.recipe: str | None = None  # stamped on every judged frame (service.changeover)
         self._turns = {name: Turns() for name in routes}
         self._workers = [
             threading.Thread(target=self._loop, args=(name,), name=f"infer-{name}-{i}", daemon=True)
@@ -226,13 +227,15 @@ class InferStage:
                 if isinstance(result, Exception):
                     out[i] = self._failed(stage, frames[i], result)
                 else:
-                    out[i] = Judged(frames[i], result, None, time.monotonic())
+                    out[i] = Judged(frames[i], result, None, time.monotonic(), recipe=self.recipe)
         return [out[i] for i in range(len(frames))]
 
     def _failed(self, stage: str, frame: Frame, exc: BaseException) -> Judged:
         log.error("camera %s frame %d: %s failed: %s", frame.camera, frame.frame_id, stage, exc)
         self.metrics.pipeline_errors.labels(stage).inc()
-        return Judged(frame, None, f"{_WHAT[stage]} failed: {exc}", time.monotonic())
+        return Judged(
+            frame, None, f"{_WHAT[stage]} failed: {exc}", time.monotonic(), recipe=self.recipe
+        )
 
 
 def _safe(fn: Callable[[Any], Any], arg: Any) -> Any:

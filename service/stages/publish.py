@@ -70,8 +70,9 @@ class PublishStage:
         self._sequences[camera] += 1
         seq = self._sequences[camera]
         payload = verdict_payload(
-            self.line, judged.frame, judged.result, judged.error, seq, judged.done_mono
-        )
+            self.line, judged.frame, judged.result, judged.error, seq, judged.done_mono,
+            judged.recipe,
+        )  # fmt: skip
         judged = replace(judged, sequence=seq, payload=payload)
         for sink in self.sinks:  # the outbox first: nothing else may run before it is durable
             try:

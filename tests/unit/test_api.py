@@ -27,6 +27,7 @@ from service.core.wire import verdict_payload
 from service.inference.card import ThresholdSpec
 from service.inference.model import Model
 from service.metrics import Metrics
+from service.recipes import RecipeError, UnknownRecipeError
 from service.served import ServedModels
 from service.sinks.candidate import Candidate, Origin
 from service.sinks.drift import NullDrift
@@ -98,6 +99,24 @@ class FakeControl:
         return {"model": name, "enabled": True, "keep": 10, "entries": []}
 
 
+class FakeRecipes:
+    """Two recipes; `fail` is one that cannot be applied."""
+
+    def __init__(self) -> None:
+        self.active: str | None = "a"
+
+    def state(self) -> dict[str, Any]:
+        return {"active": self.active, "routing": {}, "recipes": [{"name": "a"}, {"name": "b"}]}
+
+    def select(self, name: str, by: str = "api") -> dict[str, Any]:
+        if name == "fail":
+            raise RecipeError("recipe fail names models that are not loaded: ['x']")
+        if name not in ("a", "b"):
+            raise UnknownRecipeError(f"no recipe named {name!r}; recipes: ['a', 'b']")
+        self.active = name
+        return self.state()
+
+
 @pytest.fixture(scope="module")
 def served() -> Iterator[ServedModels]:
     settings = Settings.model_validate(
@@ -127,6 +146,7 @@ def make_api(served: ServedModels, control: FakeControl, live: LiveView, **api: 
         cameras={},
         link_status=lambda: (False, "mqtt disabled"),
         outbox_depth=lambda: (0, None),
+        recipes=FakeRecipes(),
     )
 
 
@@ -343,3 +363,18 @@ def test_verdicts_carry_the_thresholds_version(served: ServedModels) -> None:
     assert after.json()["model"]["thresholds_version"] == version + 1
     listed = client.get("/v1/models").json()["models"][0]
     assert listed["thresholds_version"] == version + 1
+
+
+def test_recipe_routes_map_refusals_and_need_the_token(served: ServedModels) -> None:
+    client = TestClient(create_app(make_api(served, FakeControl(), LiveView(), token=TOKEN)))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.get("/v1/recipes").json()["active"] == "a"
+    assert client.put("/v1/recipe", json={"recipe": "b"}).status_code == 401
+    unknown = client.put("/v1/recipe", json={"recipe": "nope"}, headers=auth)
+    assert unknown.status_code == 404 and "keeps its recipe" in unknown.json()["detail"]
+    refused = client.put("/v1/recipe", json={"recipe": "fail"}, headers=auth)
+    assert refused.status_code == 409 and "not loaded" in refused.json()["detail"]
+    assert client.put("/v1/recipe", json={}, headers=auth).status_code == 422
+    assert client.get("/v1/recipes").json()["active"] == "a", "nothing changed"
+    ok = client.put("/v1/recipe", json={"recipe": "b"}, headers=auth)
+    assert ok.status_code == 200 and ok.json()["active"] == "b"
