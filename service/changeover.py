@@ -19,7 +19,7 @@ from service.core.wire import recipe_event
 from service.inference.card import ThresholdSpec
 from service.inference.model import Model, make_policy
 from service.metrics import Metrics
-from service.recipes import RecipeConfig, RecipeError, plan, selection
+from service.recipes import NoLineError, RecipeConfig, RecipeError, plan, selection
 from service.served import ServedModels
 from service.stages.buffer import FrameBuffer
 from service.stages.decide import DecisionPolicy
@@ -34,10 +34,6 @@ class ThresholdSetter(Protocol):
 
 class LineAnnouncer(Protocol):
     def announce_line(self, kind: str, payload: dict[str, Any]) -> None: ...
-
-
-class NoLineError(RuntimeError):
-    """Recipes switch cameras: without a running line there is nothing to switch."""
 
 
 class Changeover:

@@ -14,7 +14,6 @@ before. At most `keep` entries are kept per model: the oldest go first, never th
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -27,17 +26,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from service.inference.registry import file_sha256
+
 log = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _ENTRY = re.compile(r"^[0-9]{13,16}-[0-9a-f]{12}$")
-
-
-def digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def folder_name(model: str) -> str:
@@ -128,7 +121,7 @@ class ModelHistory:
     ) -> Entry:
         """Keep a copy of a model that begins serving now (nothing new when it is the current
         entry's file and card again). Raises HistoryError when it cannot be kept."""
-        card_sha = digest(card_file) if card_file is not None and card_file.is_file() else None
+        card_sha = file_sha256(card_file) if card_file is not None and card_file.is_file() else None
         with self._lock:
             current = self.current(model)
             if current is not None and (current.sha256, current.card_sha256) == (sha256, card_sha):
@@ -163,7 +156,7 @@ class ModelHistory:
         try:
             tmp.mkdir(parents=True)
             shutil.copyfile(model_file, tmp / entry.file)
-            if digest(tmp / entry.file) != entry.sha256:
+            if file_sha256(tmp / entry.file) != entry.sha256:
                 raise HistoryError(
                     f"{model_file} changed since it was loaded (sha256 differs): not kept"
                 )

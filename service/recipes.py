@@ -49,6 +49,10 @@ class UnknownRecipeError(RecipeError):
     """No recipe of that name."""
 
 
+class NoLineError(RuntimeError):
+    """Recipes switch cameras: without a running line there is nothing to switch."""
+
+
 @dataclass(frozen=True)
 class Plan:
     """What selecting a recipe changes."""

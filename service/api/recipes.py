@@ -10,8 +10,7 @@ from pydantic import BaseModel, Field
 
 from service.api.deps import ApiDep, Caller
 from service.api.schemas import errors
-from service.changeover import NoLineError
-from service.recipes import RecipeError, UnknownRecipeError
+from service.recipes import NoLineError, RecipeError, UnknownRecipeError
 
 router = APIRouter(prefix="/v1", tags=["recipes"])
 

@@ -98,10 +98,15 @@ def ultralytics_boxes(
     r = yolo.predict(
         image, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz, device="cpu", verbose=False
     )[0]
+    return columns(r)
+
+
+def columns(result: Any) -> dict[str, np.ndarray]:
+    """An Ultralytics result's boxes as the columns `compare` takes."""
     return {
-        "xyxy": r.boxes.xyxy.numpy().astype(np.float32),
-        "conf": r.boxes.conf.numpy().astype(np.float32),
-        "cls": r.boxes.cls.numpy().astype(np.int64),
+        "xyxy": result.boxes.xyxy.numpy().astype(np.float32),
+        "conf": result.boxes.conf.numpy().astype(np.float32),
+        "cls": result.boxes.cls.numpy().astype(np.int64),
     }
 
 
@@ -420,11 +425,7 @@ def test_non_square_frames_match_ultralytics(
                 device="cpu",
                 verbose=False,
             )[0]
-            theirs = {
-                "xyxy": r.boxes.xyxy.numpy().astype(np.float32),
-                "conf": r.boxes.conf.numpy().astype(np.float32),
-                "cls": r.boxes.cls.numpy().astype(np.int64),
-            }
+            theirs = columns(r)
             total += len(ours["conf"])
             result = compare(ours, theirs)
             if not result["ok"]:
@@ -462,11 +463,7 @@ def test_an_export_without_a_card_gives_ultralytics_own_boxes(
                 frame, conf=model.policy.confidence_floor(), imgsz=imgsz, device="cpu",
                 verbose=False,
             )[0]  # fmt: skip
-            theirs = {
-                "xyxy": r.boxes.xyxy.numpy().astype(np.float32),
-                "conf": r.boxes.conf.numpy().astype(np.float32),
-                "cls": r.boxes.cls.numpy().astype(np.int64),
-            }
+            theirs = columns(r)
             total += len(ours["conf"])
             result = compare(ours, theirs)
             if not result["ok"]:

@@ -21,8 +21,9 @@ from service.control import Control
 from service.core.errors import ConflictError, NotFoundError, RefusedError
 from service.core.types import Frame, Judged, Result
 from service.core.wire import verdict_payload
-from service.history import HistoryError, ModelHistory, digest
+from service.history import HistoryError, ModelHistory
 from service.inference.card import ThresholdSpec
+from service.inference.registry import file_sha256
 from service.metrics import Metrics
 from service.served import ServedModels
 from service.sinks.candidate import Candidate, CandidateSink, Origin
@@ -326,12 +327,12 @@ def test_the_history_keeps_its_bound_and_never_a_changed_file(tmp_path: Path) ->
         f.write_bytes(b"model %d" % i)
         files.append(f)
     for i, f in enumerate(files):
-        history.record("parts/A", f, None, digest(f), f"0.{i}", "api", "reload")
+        history.record("parts/A", f, None, file_sha256(f), f"0.{i}", "api", "reload")
         time.sleep(0.002)
     entries = history.entries("parts/A")
     assert [e.version for e in entries] == ["0.2", "0.3", "0.4"]  # the oldest went first
     assert (tmp_path / "h" / "parts_A").is_dir()  # a model name is one safe folder
-    again = history.record("parts/A", files[4], None, digest(files[4]), "0.4", "api", "reload")
+    again = history.record("parts/A", files[4], None, file_sha256(files[4]), "0.4", "api", "reload")
     assert again == entries[-1] and len(history.entries("parts/A")) == 3
     changed = tmp_path / "changed.onnx"
     changed.write_bytes(b"new bytes")
