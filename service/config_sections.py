@@ -101,6 +101,14 @@ class ApiConfig(_Section):
         ge=1,
         description="Images whose header declares more pixels are refused before decoding (413).",
     )
+    reduced_decode: bool = Field(
+        False,
+        description="Decode a JPEG at 1/2, 1/4 or 1/8 scale in libjpeg's DCT when the model "
+        "input is at most that fraction of the image (cheaper than decoding in full and "
+        "resizing); boxes and image size stay in original pixels. Off by default: the "
+        "reduced pixels differ from a full decode + resize, so scores and boxes shift "
+        "(measured in docs/BENCHMARKS.md, 'Issue 15: reduced-scale decoding').",
+    )
     docs: bool = Field(True, description="Serve OpenAPI docs at /docs and /openapi.json.")
     batch: BatchConfig = Field(default_factory=BatchConfig, description="Micro-batching.")
 

@@ -5,10 +5,12 @@ before decoding (decompression bombs), refuse truncated files instead of decodin
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from service.inference.card import ResizeMode
 from service.inference.preprocess import UInt8Image
 
 FORMATS = ("jpeg", "png", "bmp")
@@ -125,8 +127,8 @@ def _first_line(exc: Exception) -> str:
     return text[-1][:160] if text else type(exc).__name__
 
 
-def decode_image(data: bytes, max_pixels: int, declared_format: str | None = None) -> UInt8Image:
-    """Bytes -> BGR uint8 image (H, W, 3), or ImageError with a reason and an HTTP status."""
+def _checked_size(data: bytes, max_pixels: int) -> tuple[str, int, int]:
+    """(format, height, width) of bytes that may be decoded, or ImageError."""
     if not data:
         raise ImageError("empty body: no image bytes were sent")
     fmt = sniff(data)
@@ -135,7 +137,6 @@ def decode_image(data: bytes, max_pixels: int, declared_format: str | None = Non
         if other:
             raise ImageError(f"unsupported image format {other}: send JPEG, PNG or BMP", 415)
         raise ImageError("not an image: the bytes are not JPEG, PNG or BMP")
-    del declared_format  # the bytes decide; a mislabelled but valid image is still decoded
     h, w = header_size(data, fmt)
     if h <= 0 or w <= 0:
         raise ImageError(f"corrupt {fmt.upper()}: declared size {w}x{h}")
@@ -146,18 +147,92 @@ def decode_image(data: bytes, max_pixels: int, declared_format: str | None = Non
     if max(h, w) > MAX_SIDE:  # OpenCV's own limit: it would raise instead of returning None
         raise ImageError(f"image too large: {w}x{h}, a side exceeds {MAX_SIDE} pixels", 413)
     _check_complete(data, fmt)
+    return fmt, h, w
+
+
+# libjpeg's DCT scaling: 1/2, 1/4, 1/8 of each side, rounded up.
+_REDUCED_FLAGS = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+
+
+def reduced_size(height: int, width: int, factor: int) -> tuple[int, int]:
+    """(height, width) libjpeg gives when decoding at 1/factor: each side rounded up."""
+    return -(-height // factor), -(-width // factor)
+
+
+def reduction_factor(
+    height: int, width: int, size: tuple[int, int], resize: ResizeMode | str
+) -> int:
+    """The largest of 8, 4, 2 (else 1) at which a `height` x `width` JPEG can be decoded so that
+    preprocessing to `size` (model input, (height, width)) with `resize` still only shrinks it:
+    letterbox (either form) and centre crop scale both axes by one ratio, so the reduced image
+    must keep that ratio <= 1; a plain resize needs each axis at least the input's."""
+    in_h, in_w = size
+    for factor in (8, 4, 2):
+        rh, rw = reduced_size(height, width, factor)
+        if resize in ("letterbox", "letterbox_top_left"):
+            fits = min(in_h / rh, in_w / rw) <= 1
+        elif resize == "center_crop":
+            fits = max(in_h / rh, in_w / rw) <= 1
+        else:  # resize: each axis stretched on its own
+            fits = rh >= in_h and rw >= in_w
+        if fits:
+            return factor
+    return 1
+
+
+def _decode(data: bytes, fmt: str, flag: int) -> UInt8Image:
     buf = np.frombuffer(data, np.uint8)
     # Line cameras do not rotate: EXIF orientation would only swap the axes of the boxes.
     try:
-        image = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        image = cv2.imdecode(buf, flag | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error as exc:  # a decoder assertion on hostile bytes is the client's error
         raise ImageError(
             f"corrupt {fmt.upper()}: the decoder refused it ({_first_line(exc)})"
         ) from exc
     if image is None:
         raise ImageError(f"corrupt {fmt.upper()}: the decoder could not read it")
+    return image
+
+
+def decode_image(data: bytes, max_pixels: int, declared_format: str | None = None) -> UInt8Image:
+    """Bytes -> BGR uint8 image (H, W, 3), or ImageError with a reason and an HTTP status."""
+    del declared_format  # the bytes decide; a mislabelled but valid image is still decoded
+    fmt, h, w = _checked_size(data, max_pixels)
+    image = _decode(data, fmt, cv2.IMREAD_COLOR)
     if image.shape[:2] != (h, w):
         raise ImageError(
             f"corrupt {fmt.upper()}: header says {w}x{h}, decoded {image.shape[1]}x{image.shape[0]}"
         )
     return image
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """An image decoded at 1/`factor` scale, and the size of the original it stands for."""
+
+    image: UInt8Image
+    factor: int
+    original_size: tuple[int, int]  # (height, width) the header declares
+
+
+def decode_reduced(
+    data: bytes, max_pixels: int, size: tuple[int, int], resize: ResizeMode | str
+) -> Reduced:
+    """Like `decode_image`, but a JPEG much larger than the model input `size` is decoded at
+    1/2, 1/4 or 1/8 scale in the DCT (`reduction_factor`); other formats decode in full. Map
+    the preprocessing geometry back with `Geometry.unreduced(factor, original_size)`."""
+    fmt, h, w = _checked_size(data, max_pixels)
+    factor = reduction_factor(h, w, size, resize) if fmt == "jpeg" else 1
+    image = _decode(data, fmt, _REDUCED_FLAGS[factor])
+    expected = reduced_size(h, w, factor)
+    if image.shape[:2] != expected:
+        raise ImageError(
+            f"corrupt {fmt.upper()}: header says {w}x{h}, decoded {image.shape[1]}x"
+            f"{image.shape[0]} at 1/{factor} scale (expected {expected[1]}x{expected[0]})"
+        )
+    return Reduced(image, factor, (h, w))

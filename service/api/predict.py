@@ -19,7 +19,13 @@ from service.api.deps import ApiDep, find_model, predict_token
 from service.api.schemas import errors
 from service.core.types import Result, StageTimes
 from service.core.wire import PredictResponse, predict_response
-from service.imageio import GENERIC_MEDIA_TYPES, MEDIA_TYPES, ImageError, decode_image
+from service.imageio import (
+    GENERIC_MEDIA_TYPES,
+    MEDIA_TYPES,
+    ImageError,
+    decode_image,
+    decode_reduced,
+)
 from service.inference.model import Model
 from service.inference.preprocess import Geometry
 from service.metrics import Metrics
@@ -93,11 +99,20 @@ async def _file_from_multipart(
         await form.close()
 
 
-def _prepare(model: Model, data: bytes, max_pixels: int) -> tuple[np.ndarray, Geometry, StageTimes]:
+def _prepare(
+    model: Model, data: bytes, max_pixels: int, reduced: bool = False
+) -> tuple[np.ndarray, Geometry, StageTimes]:
     t0 = time.perf_counter()
-    image = decode_image(data, max_pixels)
-    t1 = time.perf_counter()
-    tensor, geometry = model.preprocess(image)
+    if reduced:  # a large JPEG decoded at 1/2-1/8 scale; geometry still maps to the original
+        spec = model.spec.preprocess
+        decoded = decode_reduced(data, max_pixels, spec.size, spec.resize)
+        t1 = time.perf_counter()
+        tensor, geometry = model.preprocess(decoded.image)
+        geometry = geometry.unreduced(decoded.factor, decoded.original_size)
+    else:
+        image = decode_image(data, max_pixels)
+        t1 = time.perf_counter()
+        tensor, geometry = model.preprocess(image)
     t2 = time.perf_counter()
     return tensor, geometry, StageTimes(decode=t1 - t0, preprocess=t2 - t1)
 
@@ -140,7 +155,9 @@ async def predict(
 
     try:
         async with batcher.admitted():  # bounds the decoded images and tensors held at once
-            result = await _judge(batcher, target, body, limits.max_image_pixels, metrics)
+            result = await _judge(
+                batcher, target, body, limits.max_image_pixels, metrics, limits.reduced_decode
+            )
     except OverloadedError as exc:
         metrics.rejected_inputs.labels("overloaded").inc()
         raise HTTPException(503, f"overloaded: {exc}", {"Retry-After": "1"}) from exc
@@ -152,11 +169,18 @@ async def predict(
 
 
 async def _judge(
-    batcher: MicroBatcher, target: Model, body: bytes, max_pixels: int, metrics: Metrics
+    batcher: MicroBatcher,
+    target: Model,
+    body: bytes,
+    max_pixels: int,
+    metrics: Metrics,
+    reduced: bool = False,
 ) -> Result:
     batcher.announce()
     try:
-        tensor, geometry, times = await run_in_threadpool(_prepare, target, body, max_pixels)
+        tensor, geometry, times = await run_in_threadpool(
+            _prepare, target, body, max_pixels, reduced
+        )
     except ImageError as exc:
         batcher.withdraw()
         reason = {413: "too_large", 415: "image_format"}.get(exc.status, "bad_image")

@@ -57,6 +57,14 @@ class Geometry:
         out[:, [1, 3]] = ((xyxy[:, [1, 3]] - self.pad_y) / self.scale_y).clip(0, h)
         return out
 
+    def unreduced(self, factor: int, original_size: tuple[int, int]) -> Geometry:
+        """The geometry of an image decoded at 1/`factor` scale (`imageio.decode_reduced`),
+        mapped to the original's pixels: reduced pixel x covers original x * factor."""
+        if factor == 1:
+            return self
+        f = float(factor)
+        return Geometry(original_size, self.scale_x / f, self.scale_y / f, self.pad_x, self.pad_y)
+
     def clip(self, xyxy: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Boxes already in original pixels (a graph that maps them back itself), clipped."""
         h, w = self.image_size
