@@ -1,8 +1,14 @@
-"""`lineinspect models quantize`: quantise a trained classifier to INT8 and measure what it
-costs on the untouched test split.
+"""`lineinspect models quantize`: quantise a trained classifier or detector to INT8 and
+measure what it costs on the untouched test split.
 
     lineinspect models quantize models/neu-cls-fp32.onnx --manifest models/neu-cls-split.json \\
         --out models/neu-cls.onnx
+    lineinspect models quantize models/neu-det-demo.onnx --manifest models/neu-cls-split.json \\
+        --out models/neu-det-int8.onnx            # detector: calibrated on the validation split
+
+A classifier is calibrated on training images, a detector on its validation split (an error
+when the manifest has none); the detector's Detect head after its last convolutions stays fp32
+unless `--head int8`. Anomaly models are not quantised yet.
 """
 
 from __future__ import annotations
@@ -17,14 +23,32 @@ from service.commands import fail
 def add_parser(models: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = models.add_parser(
         "quantize",
-        help="quantise a classifier to INT8 and measure its accuracy cost (needs onnx)",
+        help="quantise a classifier or detector to INT8 and measure its accuracy cost (needs onnx)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", type=Path, help="float ONNX classifier with its card")
+    p.add_argument("model", type=Path, help="float ONNX classifier or detector with its card")
     p.add_argument("--manifest", type=Path, required=True, help="the split it was trained on")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--calibration-images", type=int, default=120)
+    p.add_argument(
+        "--calibration-images",
+        type=int,
+        default=None,
+        help="classifier: training images (default 120); detector: validation images (default all)",
+    )
+    p.add_argument(
+        "--head",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="detector: keep the Detect head's DFL, Sigmoid and box decoding in fp32 (default) "
+        "or quantise the whole graph",
+    )
+    p.add_argument(
+        "--no-compare",
+        action="store_true",
+        help="detector: do not quantise and measure the other --head choice too",
+    )
+    p.add_argument("--workdir", type=Path, default=None, help="detector: evaluation files")
     p.set_defaults(func=run)
 
 
@@ -34,14 +58,40 @@ def run(args: argparse.Namespace) -> int:
     problem = missing_extra(["onnx"], "train")
     if problem:
         return fail(problem)
+    from service.inference.card import CardError, card_path_for, load_card
     from training.dataset import Manifest
-    from training.quantize import quantize_classifier
+    from training.quantize import quantize_classifier, quantize_detector
 
     try:
-        summary = quantize_classifier(
-            args.model, args.out, Manifest.load(args.manifest), args.calibration_images
-        )
-    except (FileNotFoundError, ValueError) as exc:
+        card_file = card_path_for(args.model)
+        task = load_card(card_file).task if card_file.is_file() else None
+        if task is None:
+            return fail(
+                f"{args.model}: quantize needs the model's card ({card_file}) with its task"
+            )
+        if task == "anomaly":
+            return fail(
+                f"{args.model}: int8 for anomaly models is not implemented yet (issue 15); "
+                "quantize handles classify and detect models"
+            )
+        manifest = Manifest.load(args.manifest)
+        if task == "detect":
+            summary = quantize_detector(
+                args.model,
+                args.out,
+                manifest,
+                args.calibration_images,
+                head=args.head,
+                compare=not args.no_compare,
+                workdir=args.workdir,
+            )
+        elif task == "classify":
+            summary = quantize_classifier(
+                args.model, args.out, manifest, args.calibration_images or 120
+            )
+        else:
+            return fail(f"{args.model}: cannot quantise a {task!r} model")
+    except (FileNotFoundError, ValueError, CardError) as exc:
         return fail(str(exc))
     print(json.dumps(summary, indent=1))
     return 0
