@@ -119,8 +119,10 @@ def quantize_classifier(
     metrics = dict(card.metrics)
     metrics["test"] = m8
     metrics["quantization"] = summary
+    # Cards written before the readiness report carry a flat `val_accuracy` instead of `val`.
+    val_accuracy = metrics["val"]["accuracy"] if "val" in metrics else metrics.get("val_accuracy")
     readiness_gap = metrics.get("overfitting") or evaluate.overfitting(
-        metrics.get("train_accuracy", 1.0), metrics["val"]["accuracy"]
+        metrics.get("train_accuracy", 1.0), 0.0 if val_accuracy is None else val_accuracy
     )
     metrics["readiness"] = evaluate.readiness_classification(m8, readiness_gap)
     cards.write_card(out_path, **(fields | {"metrics": metrics}))

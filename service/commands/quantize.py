@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
                 "quantize handles classify and detect models"
             )
         manifest = Manifest.load(args.manifest)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         if task == "detect":
             summary = quantize_detector(
                 args.model,
