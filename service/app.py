@@ -142,19 +142,15 @@ class LineInspect:
         announcer: OutboxPublisher | NullPublisher = NullPublisher()
         if s.mqtt.enabled:
             self.outbox = outbox = self._outbox()
+            handlers = {topics.every_camera("trigger"): self.control.on_trigger_message}
+            if s.recipes:
+                handlers[topics.line_topic("recipe")] = self.changeover.on_message
             self.link = MqttLink(
                 self._mqtt_options(topics),
                 outbox,
                 on_connection=lambda up: m.mqtt_connected.set(1 if up else 0),
                 on_sent=m.mqtt_sent.inc,
-                subscriptions={
-                    topics.every_camera("trigger"): self.control.on_trigger_message,
-                    **(
-                        {topics.line_topic("recipe"): self.changeover.on_message}
-                        if s.recipes
-                        else {}
-                    ),
-                },
+                subscriptions=handlers,
             )
             self.link.start()
             announcer = OutboxPublisher(outbox, topics)
