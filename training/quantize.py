@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -73,26 +73,7 @@ def quantize_classifier(
     calib = [
         train[i] for i in rng.choice(len(train), min(calibration_images, len(train)), replace=False)
     ]
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        # Probabilities stay float: a uint8 softmax would round them to 1/255 steps.
-        softmax = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Softmax"]
-        quantize_static(
-            str(prepared),
-            str(out_path),
-            _Reader(fp32, calib),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=softmax,
-        )
-    # Keep the exporter's metadata (names, imgsz, task) on the quantised file.
-    source, target = onnx.load(str(fp32_path)), onnx.load(str(out_path))
-    del target.metadata_props[:]
-    target.metadata_props.extend(source.metadata_props)
-    onnx.save(target, str(out_path))
+    _quantize(fp32_path, out_path, _Reader(fp32, calib), softmax_nodes)
     fields = card.model_dump(mode="json", exclude_none=True)
     fields.pop("sha256", None)
     fields["name"] = out_path.stem
@@ -157,12 +138,25 @@ def head_nodes(model: onnx.ModelProto) -> list[str]:
     ]
 
 
-def _quantize(fp32_path: Path, out_path: Path, reader: CalibrationDataReader, head: str) -> int:
-    """Static QDQ quantisation of `fp32_path`; returns how many nodes were kept in fp32."""
+def softmax_nodes(model: onnx.ModelProto) -> list[str]:
+    """A classifier's Softmax nodes: probabilities stay float (a uint8 softmax would round them
+    to 1/255 steps)."""
+    return [n.name for n in model.graph.node if n.op_type == "Softmax"]
+
+
+def _quantize(
+    fp32_path: Path,
+    out_path: Path,
+    reader: CalibrationDataReader,
+    keep_fp32: Callable[[onnx.ModelProto], list[str]],
+) -> int:
+    """Static QDQ quantisation of `fp32_path` (per-channel int8 weights, uint8 activations),
+    the nodes `keep_fp32` names left in fp32, the exporter's metadata (names, imgsz, task) kept;
+    returns how many nodes were kept in fp32."""
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        exclude = head_nodes(onnx.load(str(prepared))) if head == "fp32" else []
+        exclude = keep_fp32(onnx.load(str(prepared)))
         quantize_static(
             str(prepared),
             str(out_path),
@@ -178,6 +172,11 @@ def _quantize(fp32_path: Path, out_path: Path, reader: CalibrationDataReader, he
     target.metadata_props.extend(source.metadata_props)
     onnx.save(target, str(out_path))
     return len(exclude)
+
+
+def _head_choice(head: str) -> Callable[[onnx.ModelProto], list[str]]:
+    """`--head fp32` keeps the Detect head in fp32; `int8` quantises the whole graph."""
+    return head_nodes if head == "fp32" else lambda model: []
 
 
 def raw_frames_per_second(
@@ -334,12 +333,12 @@ def quantize_detector(
     imgsz = card.input.size[0] if card.input and card.input.size else None
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    kept = _quantize(fp32_path, out_path, _Reader(fp32, val), head)
+    kept = _quantize(fp32_path, out_path, _Reader(fp32, val), _head_choice(head))
     variants = {head: out_path}
     if compare:
         other = "int8" if head == "fp32" else "fp32"
         variants[other] = work / f"{out_path.stem}-head-{other}.onnx"
-        _quantize(fp32_path, variants[other], _Reader(fp32, val), other)
+        _quantize(fp32_path, variants[other], _Reader(fp32, val), _head_choice(other))
 
     m32 = detect.evaluate(fp32_path, data_yaml, "test", imgsz, workdir=work / "eval-float")
     measured = {
