@@ -7,9 +7,15 @@ They share one protocol, `Sink`, and a null variant for a sink that is switched 
 
 from __future__ import annotations
 
-from typing import Protocol
+import logging
+import queue
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
-from service.core.types import Judged
+from service.core.types import Frame, Judged
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Sink(Protocol):
@@ -36,3 +42,23 @@ class NullSink:
 
     def close(self) -> None:
         pass
+
+
+def work_off(
+    items: queue.Queue[T | None],
+    handle: Callable[[T], None],
+    frame_of: Callable[[T], Frame],
+    what: str,
+    on_error: Callable[[T], None] | None = None,
+) -> None:
+    """A sink worker's loop: handle each queued item until the stop sentinel (None). An item
+    that fails is logged with its camera and frame id (and `on_error` counts it); the worker
+    outlives it, so one bad frame never stops a sink."""
+    while (item := items.get()) is not None:
+        try:
+            handle(item)
+        except Exception:
+            frame = frame_of(item)
+            log.exception("camera %s frame %d: %s failed", frame.camera, frame.frame_id, what)
+            if on_error is not None:
+                on_error(item)

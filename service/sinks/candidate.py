@@ -27,6 +27,7 @@ from service.comparison import FLIPS, Tally, compare, summary
 from service.core.types import Frame, Judged, Result
 from service.inference.model import Model
 from service.metrics import Metrics
+from service.sinks import work_off
 
 log = logging.getLogger(__name__)
 
@@ -132,15 +133,10 @@ class Candidate:
     # -- the worker's side
     def _run(self) -> None:
         lower_priority(self.idle, self.nice)
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            try:
-                self.judge(item.frame, item.live, item.sequence)
-            except Exception:  # the worker outlives any one frame
-                log.exception("candidate for %s: camera %s frame %d failed",
-                              self.live, item.frame.camera, item.frame.frame_id)  # fmt: skip
+        work_off(
+            self._queue, lambda item: self.judge(item.frame, item.live, item.sequence),
+            lambda item: item.frame, f"candidate for {self.live}",
+        )  # fmt: skip
 
     def judge(self, frame: Frame, live: Result, sequence: int) -> None:
         """Judge one frame with the candidate and count how it compares with the live result."""

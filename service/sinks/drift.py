@@ -23,6 +23,7 @@ from service.core.types import Frame, Judged, Result
 from service.drift import STATS, VERDICTS, Reference, Window, confidences_of, image_stats, level
 from service.inference.model import Model
 from service.metrics import Metrics
+from service.sinks import work_off
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +84,7 @@ class DriftMonitor:
             self.metrics.drift_skipped.labels(camera).inc()
 
     def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            try:
-                self.update(*item)
-            except Exception:  # drift must never take the line down
-                log.exception(
-                    "camera %s frame %d: drift update failed", item[0].camera, item[0].frame_id
-                )
+        work_off(self._queue, lambda item: self.update(*item), lambda item: item[0], "drift update")
 
     def update(self, frame: Frame, result: Result) -> None:
         """Bin one frame into its camera's window and refresh the gauges (worker thread)."""

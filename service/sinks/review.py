@@ -30,6 +30,7 @@ import cv2
 from service.core.types import Frame, Judged, Result, Verdict
 from service.core.wire import review_record
 from service.metrics import Metrics
+from service.sinks import work_off
 
 log = logging.getLogger(__name__)
 
@@ -129,16 +130,10 @@ class ReviewSink:
         return sum(1 for _ in self.root.glob("*/*/*.json"))
 
     def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            try:
-                self._write(item)
-            except Exception:  # the writer must outlive one bad item
-                log.exception("camera %s frame %d: review item failed",
-                              item.frame.camera, item.frame.frame_id)  # fmt: skip
-                self.metrics.review_dropped.labels(item.frame.camera, "disk").inc()
+        work_off(self._queue, self._write, lambda item: item.frame, "review item", self._lost)
+
+    def _lost(self, item: _Item) -> None:
+        self.metrics.review_dropped.labels(item.frame.camera, "disk").inc()
 
     def _write(self, item: _Item) -> None:
         frame = item.frame
@@ -166,7 +161,7 @@ class ReviewSink:
             log.error(
                 "camera %s frame %d: review item not stored: %s", frame.camera, frame.frame_id, exc
             )
-            self.metrics.review_dropped.labels(frame.camera, "disk").inc()
+            self._lost(item)
             return
         self.metrics.review_enqueued.labels(frame.camera, item.reason).inc()
         announced = {k: v for k, v in record.items() if k != "findings"}
