@@ -100,7 +100,7 @@ class ServedModels:
         `card` (None: the card next to the file; default: the configured one)."""
         card_path = cfg.card if card == CONFIGURED else card
         assert card_path is None or isinstance(card_path, Path)
-        model = load_model(path or cfg.path, runtime_options(self.settings), card_path)
+        model = load_model(path or cfg.path, self.options, card_path)
         if cfg.thresholds is not None:
             policy = make_policy(model.spec, cfg.thresholds, model.policy.good_classes)
             model.set_policy(policy, model.thresholds_version)  # not serving yet: same version
