@@ -1,14 +1,18 @@
-"""`lineinspect models quantize`: quantise a trained classifier or detector to INT8 and
-measure what it costs on the untouched test split.
+"""`lineinspect models quantize`: quantise a trained classifier, detector or anomaly model to
+INT8 and measure what it costs on the untouched test split.
 
     lineinspect models quantize models/neu-cls-fp32.onnx --manifest models/neu-cls-split.json \\
         --out models/neu-cls.onnx
     lineinspect models quantize models/neu-det-demo.onnx --manifest models/neu-cls-split.json \\
         --out models/neu-det-int8.onnx            # detector: calibrated on the validation split
+    lineinspect models quantize models/mt-anomaly.onnx --out models/mt-anomaly-int8.onnx
 
 A classifier is calibrated on training images, a detector on its validation split (an error
 when the manifest has none); the detector's Detect head after its last convolutions stays fp32
-unless `--head int8`. Anomaly models are not quantised yet.
+unless `--head int8`. An anomaly model uses the split its card records (no --manifest; --data
+when the images moved): calibrated on the validation split's good parts, its backbone quantised
+and the memory-bank distance, map and score kept fp32 unless `--distance int8`, its threshold
+re-chosen on validation for the int8 score scale.
 """
 
 from __future__ import annotations
@@ -23,18 +27,28 @@ from service.commands import fail
 def add_parser(models: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = models.add_parser(
         "quantize",
-        help="quantise a classifier or detector to INT8 and measure its accuracy cost (needs onnx)",
+        help="quantise a classifier, detector or anomaly model to INT8 and measure its accuracy "
+        "cost (needs onnx)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", type=Path, help="float ONNX classifier or detector with its card")
-    p.add_argument("--manifest", type=Path, required=True, help="the split it was trained on")
+    p.add_argument("model", type=Path, help="float ONNX model with its card")
+    p.add_argument(
+        "--manifest",
+        type=Path,
+        default=None,
+        help="classifier, detector: the split it was trained on (anomaly: read from its card)",
+    )
+    p.add_argument(
+        "--data", type=Path, default=None, help="anomaly: the image folder (default: the card's)"
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument(
         "--calibration-images",
         type=int,
         default=None,
-        help="classifier: training images (default 120); detector: validation images (default all)",
+        help="classifier: training images (default 120); detector: validation images (default "
+        "all); anomaly: good validation images (default 64)",
     )
     p.add_argument(
         "--head",
@@ -44,9 +58,16 @@ def add_parser(models: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "or quantise the whole graph",
     )
     p.add_argument(
+        "--distance",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="anomaly: keep everything after the backbone (memory-bank distance, map, score) in "
+        "fp32 (default) or quantise the whole graph",
+    )
+    p.add_argument(
         "--no-compare",
         action="store_true",
-        help="detector: do not quantise and measure the other --head choice too",
+        help="detector, anomaly: do not quantise and measure the other --head / --distance too",
     )
     p.add_argument("--workdir", type=Path, default=None, help="detector: evaluation files")
     p.set_defaults(func=run)
@@ -59,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         return fail(problem)
     from service.inference.card import CardError, card_path_for, load_card
+    from training.commands import command_line
     from training.dataset import Manifest
     from training.quantize import quantize_classifier, quantize_detector
 
@@ -70,10 +92,21 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.model}: quantize needs the model's card ({card_file}) with its task"
             )
         if task == "anomaly":
-            return fail(
-                f"{args.model}: int8 for anomaly models is not implemented yet (issue 15); "
-                "quantize handles classify and detect models"
+            from training.quantize_anomaly import DEFAULT_CALIBRATION, quantize_anomaly
+
+            summary = quantize_anomaly(
+                args.model,
+                args.out,
+                args.data,
+                args.calibration_images or DEFAULT_CALIBRATION,
+                distance=args.distance,
+                compare=not args.no_compare,
+                command=command_line(args),
             )
+            print(json.dumps(summary, indent=1))
+            return 0
+        if args.manifest is None:
+            return fail(f"{args.model}: a {task} model needs --manifest (its training split)")
         manifest = Manifest.load(args.manifest)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if task == "detect":

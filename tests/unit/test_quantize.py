@@ -1,22 +1,27 @@
 """`lineinspect models quantize` refusals and the detector's head selection, without the data:
-an int8 request without a validation split, anomaly models (not yet), a graph with no Detect
-head to keep in fp32."""
+an int8 request without a validation split, an anomaly card without its split or images, a graph
+with no Detect head or no backbone to tell from the parts kept in fp32."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import onnx
 import pytest
+import yaml
 
 from service import cli
+from service.inference.card import card_path_for
 from tests.conftest import REPO
 from training.dataset import Manifest
 from training.quantize import head_nodes, quantize_detector
+from training.quantize_anomaly import distance_nodes
 
 DETECTOR = REPO / "models" / "neu-det-demo.onnx"
 SPLIT = REPO / "models" / "neu-cls-split.json"  # the shared NEU split both demo models used
+ANOMALY = REPO / "models" / "mt-anomaly.onnx"
 
 
 def _without_val(tmp_path: Path) -> Path:
@@ -47,16 +52,49 @@ def test_cli_says_why_without_a_validation_split(
     assert "no validation split" in err and "Traceback" not in err
 
 
-def test_cli_says_anomaly_int8_is_not_there_yet(
+def test_anomaly_card_without_its_split_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    model = REPO / "models" / "mt-anomaly.onnx"
-    args = ["models", "quantize", str(model), "--manifest", str(SPLIT)]
+    model = tmp_path / "a.onnx"
+    shutil.copy(ANOMALY, model)
+    card = yaml.safe_load(card_path_for(ANOMALY).read_text())
+    del card["training"]["split"]
+    card_path_for(model).write_text(yaml.safe_dump(card))
+    code = cli.main(["models", "quantize", str(model), "--out", str(tmp_path / "a-int8.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "records no split" in err and "Traceback" not in err
+    assert not (tmp_path / "a-int8.onnx").exists()
+
+
+def test_anomaly_without_its_images_says_where(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["models", "quantize", str(ANOMALY), "--data", str(tmp_path / "nowhere")]
     code = cli.main([*args, "--out", str(tmp_path / "a.onnx")])
     err = capsys.readouterr().err
     assert code == 2, err
-    assert "anomaly models is not implemented yet" in err and "Traceback" not in err
-    assert not (tmp_path / "a.onnx").exists()
+    assert "not found: pass --data" in err and "Traceback" not in err
+
+
+def test_classifier_without_a_manifest_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(["models", "quantize", str(DETECTOR), "--out", str(tmp_path / "d.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs --manifest" in err, err
+
+
+def test_distance_nodes_are_everything_after_the_backbone() -> None:
+    graph = onnx.load(str(ANOMALY))
+    kept = set(distance_nodes(graph))
+    by_name = {n.name: n for n in graph.graph.node}
+    assert {by_name[n].op_type for n in kept} >= {"MatMul", "ReduceMin", "Sqrt", "ReduceMax"}
+    assert all("/blocks." not in n and "/stem/" not in n for n in kept)
+    convs = [n.name for n in graph.graph.node if n.op_type == "Conv" and n.name not in kept]
+    assert len(convs) >= 40  # the backbone's convolutions are quantised
+    with pytest.raises(ValueError, match="cannot find the backbone"):
+        distance_nodes(onnx.load(str(DETECTOR)))  # a YOLO graph has no EfficientNet blocks
 
 
 def test_head_nodes_are_the_detect_head_after_its_last_convolutions() -> None:
