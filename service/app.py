@@ -22,6 +22,7 @@ import logging
 import threading
 
 from service.api.deps import Api
+from service.audit import AuditLog, NullAudit
 from service.changeover import Changeover
 from service.config import Settings
 from service.control import Control
@@ -59,9 +60,15 @@ class LineInspect:
         self.candidates = CandidateSink()
         h = settings.history
         self.history = ModelHistory(h.path, h.keep) if h.enabled else None
+        a = settings.audit
+        self.audit: AuditLog | NullAudit = (
+            AuditLog(a.path or settings.outbox.path.parent / "audit.sqlite")
+            if a.enabled
+            else NullAudit()
+        )
         self.control = Control(
             self.served, self.cameras, self.metrics, self.drift,
-            self.candidates, self.history, settings.shadow,
+            self.candidates, self.history, settings.shadow, self.audit,
         )  # fmt: skip
         self.changeover = Changeover(settings.recipes, self.served, self.control, self.metrics)
         self.outbox: Outbox | None = None
@@ -92,6 +99,7 @@ class LineInspect:
             link_status=lambda: (self.link.connected.is_set(), self.link.last_error),
             outbox_depth=lambda: self.outbox.depth() if self.outbox else (0, None),
             recipes=self.changeover,
+            audit=self.audit,
         )
 
     def start(self) -> None:
@@ -133,6 +141,7 @@ class LineInspect:
                 log.warning("%d messages stay in the outbox %s and will be sent on the next start",
                             depth, self.outbox.path)  # fmt: skip
             self.outbox.close()
+        self.audit.publish = None  # the outbox is closed
         self.served.stop()
 
     def start_line(self) -> None:
@@ -154,6 +163,7 @@ class LineInspect:
             )
             self.link.start()
             announcer = OutboxPublisher(outbox, topics)
+            self.audit.publish = lambda record: announcer.announce_line("audit", record)
             self.sinks.append(VerdictSink(outbox, topics, m, self.shutdown))
         self.sinks.append(MetricsSink(m))
         if s.review.enabled:

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class ThresholdSetter(Protocol):
-    def set_thresholds(self, model: Model, thresholds: ThresholdSpec) -> None: ...
+    def set_thresholds(self, model: Model, thresholds: ThresholdSpec, by: str = "api") -> None: ...
 
 
 class LineAnnouncer(Protocol):
@@ -90,7 +90,7 @@ class Changeover:
                 self.routing[camera] = model
             for model, spec in change.thresholds.items():
                 if self.served.models[model].policy != policies[model]:
-                    self.thresholds.set_thresholds(self.served.models[model], spec)
+                    self.thresholds.set_thresholds(self.served.models[model], spec, by=by)
             previous, self.active = self.active, name
             infer.recipe = name
             if previous is not None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 
 from service import __version__
-from service.commands import demo_client, drift, lifecycle, quantize, tune
+from service.commands import audit, demo_client, drift, lifecycle, quantize, tune
 from service.config import ConfigError, Settings, json_schema, load_settings
 
 log = logging.getLogger("service")
@@ -58,9 +58,23 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     from service.api.server import create_app, uvicorn_config
     from service.app import LineInspect
+    from service.security import Tokens, exposure_problem, is_loopback
 
     settings = _settings(args)
     setup_logging(settings.logging.level)
+    api = settings.api
+    problem = exposure_problem(api)
+    if problem is not None:  # protected mode: nothing starts, nothing binds
+        return _fail(f"refusing to start: {problem}")
+    for tls_file in (api.tls_cert_file, api.tls_key_file):
+        if tls_file is not None and not tls_file.is_file():
+            return _fail(f"cannot start: no TLS file {tls_file} (api.tls_cert_file / tls_key_file)")
+    if api.allow_unauthenticated and not is_loopback(api.host) and not Tokens(api).configured:
+        log.warning(
+            "UNAUTHENTICATED: api.allow_unauthenticated is set and no token is configured: "
+            "anyone who reaches %s:%d can change thresholds, swap models and label frames",
+            api.host, api.port,
+        )  # fmt: skip
     service = LineInspect(settings)
     t0 = time.perf_counter()
     try:
@@ -73,9 +87,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     server = uvicorn.Server(
-        uvicorn_config(create_app(service.api()), settings.api.host, settings.api.port)
+        uvicorn_config(
+            create_app(service.api()), api.host, api.port, api.tls_cert_file, api.tls_key_file
+        )
     )
-    base = f"http://{settings.api.host}:{settings.api.port}"
+    base = f"{'https' if api.tls_cert_file else 'http'}://{api.host}:{api.port}"
     log.info(
         "serving on %s — POST %s/v1/predict, docs %s/docs, metrics %s/metrics",
         base, base, base, base,
@@ -290,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     rexport.set_defaults(func=cmd_review_export)
     drift.add_parser(sub)
     demo_client.add_parser(sub)
+    audit.add_parser(sub)
     _add_training(sub)
     return parser
 

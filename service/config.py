@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from service.config_sections import (
     DEFAULT_MODEL,
     ApiConfig,
+    AuditConfig,
     BatchConfig,
     BufferConfig,
     CameraConfig,
@@ -36,10 +37,10 @@ from service.config_sections import (
 from service.recipes import RecipeConfig, check
 
 __all__ = [
-    "DEFAULT_MODEL", "ENV_PREFIX", "ApiConfig", "BatchConfig", "BufferConfig", "CameraConfig",
-    "ConfigError", "DriftConfig", "HistoryConfig", "LineConfig", "LoggingConfig", "ModelConfig",
-    "MqttConfig", "OutboxConfig", "ReviewConfig", "RuntimeConfig", "Settings", "ShadowConfig",
-    "TlsConfig", "json_schema", "load_settings",
+    "DEFAULT_MODEL", "ENV_PREFIX", "ApiConfig", "AuditConfig", "BatchConfig", "BufferConfig",
+    "CameraConfig", "ConfigError", "DriftConfig", "HistoryConfig", "LineConfig", "LoggingConfig",
+    "ModelConfig", "MqttConfig", "OutboxConfig", "ReviewConfig", "RuntimeConfig", "Settings",
+    "ShadowConfig", "TlsConfig", "json_schema", "load_settings",
 ]  # fmt: skip
 
 ENV_PREFIX = "LINEINSPECT__"
@@ -81,6 +82,9 @@ class Settings(BaseSettings):
     )
     history: HistoryConfig = Field(
         default_factory=HistoryConfig, description="Copies of the models that have served."
+    )
+    audit: AuditConfig = Field(
+        default_factory=AuditConfig, description="The audit trail of changes."
     )
     recipes: list[RecipeConfig] = Field(
         default_factory=list,

@@ -3,10 +3,11 @@ with its type, bounds, default and description (`lineinspect config schema` prin
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from service.inference.card import ThresholdSpec
 from service.inference.runtime import DEFAULT_PREFERENCE
@@ -84,15 +85,64 @@ class BatchConfig(_Section):
     )
 
 
+# Values a deploy template ships in place of a secret: refused as tokens.
+_PLACEHOLDER = re.compile(r"^\s*(change[-_]?me|replace[-_]?me|<[^>]*>|\$\{[^}]*\}).*$", re.I)
+
+
+def _no_placeholder(secret: SecretStr) -> SecretStr:
+    if _PLACEHOLDER.match(secret.get_secret_value()) or not secret.get_secret_value().strip():
+        raise ValueError("the token is a placeholder: set a real secret, e.g. openssl rand -hex 32")
+    return secret
+
+
+Token = Annotated[SecretStr, AfterValidator(_no_placeholder)]
+
+
+class TokenConfig(_Section):
+    id: str = Field(
+        pattern=r"^[A-Za-z0-9_.@-]{1,64}$",
+        description="Who holds it (recorded in the audit trail and the model history as "
+        "`<role>:<id>`; the secret never is).",
+    )
+    role: Literal["operator", "admin"] = Field(
+        description="operator: label review frames, trigger cameras; admin: also thresholds, "
+        "model reload / candidate / promote / discard / rollback, recipes, the audit trail."
+    )
+    secret: Token = Field(description="The bearer token (e.g. openssl rand -hex 32).")
+
+
 class ApiConfig(_Section):
-    host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the HTTP server binds; a non-loopback one needs a token (or "
+        "allow_unauthenticated).",
+    )
     port: int = Field(8080, ge=0, le=65535, description="HTTP port (0 picks a free one).")
-    token: SecretStr | None = Field(
-        None, description="Bearer token; when set, mutating routes require it."
+    token: Token | None = Field(
+        None,
+        description="An admin bearer token with the id `default` (the one token of earlier "
+        "versions; more tokens and roles: `tokens`).",
+    )
+    tokens: list[TokenConfig] = Field(
+        default_factory=list, description="Bearer tokens with an id and a role each."
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Serve on a non-loopback host without any token (every route open to the "
+        "network; a WARNING on every start). Without it such a start is refused.",
     )
     require_token_for_predict: bool = Field(
-        False, description="Also require the token on /v1/predict."
+        False, description="Also require a token (any role) on /v1/predict."
     )
+    model_dirs: list[Path] | None = Field(
+        None,
+        description="Folders whose files reload and candidate requests may name (symlinks and "
+        "`..` resolved first); default: the folders of the configured models and candidates.",
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate (chain): the API serves HTTPS (with tls_key_file)."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
     max_body_bytes: int = Field(
         20 * 1024 * 1024, ge=1024, description="Larger request bodies get 413."
     )
@@ -111,6 +161,21 @@ class ApiConfig(_Section):
     )
     docs: bool = Field(True, description="Serve OpenAPI docs at /docs and /openapi.json.")
     batch: BatchConfig = Field(default_factory=BatchConfig, description="Micro-batching.")
+
+    @model_validator(mode="after")
+    def _tokens_fit(self) -> ApiConfig:
+        ids = [t.id for t in self.tokens] + (["default"] if self.token is not None else [])
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"token ids must be unique (api.token is id 'default'): {dupes}")
+        secrets = [t.secret.get_secret_value() for t in self.tokens]
+        if self.token is not None:
+            secrets.append(self.token.get_secret_value())
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("two tokens share a secret: each holder needs their own")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("api.tls_cert_file and api.tls_key_file go together")
+        return self
 
 
 class BufferConfig(_Section):
@@ -309,4 +374,18 @@ class HistoryConfig(_Section):
     )
     keep: int = Field(
         10, ge=2, le=1000, description="Most models kept per model name; the oldest go first."
+    )
+
+
+class AuditConfig(_Section):
+    enabled: bool = Field(
+        True,
+        description="Record every operator and admin change (who, when, route, before and "
+        "after) and every thresholds version, append-only, for GET /v1/audit and "
+        "`lineinspect audit`.",
+    )
+    path: Path | None = Field(
+        None,
+        description="SQLite file of the audit trail (WAL, synchronous FULL; never pruned by the "
+        "service); default: audit.sqlite beside the outbox.",
     )

@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from service.audit import THRESHOLDS_VERSION
 from service.config import ShadowConfig
 from service.core.errors import ConflictError, NotFoundError, RefusedError
 from service.core.wire import topic_segment
 from service.history import HistoryError, ModelHistory
 from service.inference.card import ThresholdSpec, card_path_for
-from service.inference.model import Model, make_policy
+from service.inference.model import Model, make_policy, thresholds_of
 from service.inference.registry import ModelSpec
 from service.metrics import Metrics
 from service.served import ServedModels
@@ -39,6 +41,21 @@ class ReferenceSink(Protocol):
     """What must learn of a reloaded model (the drift sink: its windows restart)."""
 
     def register(self, model: Model) -> object: ...
+
+
+class VersionRecord(Protocol):
+    """Where thresholds versions are kept (service.audit.AuditLog)."""
+
+    def record(
+        self,
+        actor: str,
+        action: str,
+        target: str | None = None,
+        route: str | None = None,
+        before: dict[str, Any] | None = None,
+        after: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | None: ...
+    def last_thresholds_version(self, model: str) -> int | None: ...
 
 
 def replacement_problem(name: str, current: ModelSpec, new: ModelSpec) -> str | None:
@@ -63,8 +80,10 @@ class Control:
         candidates: CandidateSink | None = None,
         history: ModelHistory | None = None,
         shadow: ShadowConfig | None = None,
+        audit: VersionRecord | None = None,
     ) -> None:
         self.served, self.cameras, self.metrics, self.drift = served, cameras, metrics, drift
+        self.audit = audit
         self.candidates = candidates or CandidateSink()
         self.history, self.shadow = history, shadow or ShadowConfig()
         self.review: ReviewPort | None = None  # where candidates keep disagreeing frames
@@ -73,7 +92,13 @@ class Control:
     def start(self) -> None:
         """Once the models serve (and the line runs): keep each in the history ("config") and
         load the configured candidates. A candidate that fails is logged and left out: the live
-        models serve regardless."""
+        models serve regardless. Thresholds versions continue from the last one on record."""
+        for name, model in self.served.models.items():
+            last = self.audit.last_thresholds_version(name) if self.audit else None
+            if last is not None and last >= model.thresholds_version:
+                model.set_policy(model.policy, last + 1)
+                self.served.thresholds_changed(model)
+            self._version(model, "config")
         for name, cfg in self.served.configs.items():
             self._remember(name, self.served.models[name], cfg.card, "config", "start")
             if cfg.candidate is not None:
@@ -139,8 +164,9 @@ class Control:
         else:
             self.metrics.model_changes.labels(name, change, result).inc()
 
-    def _swap(self, name: str, new: Model, change: str) -> Model:
+    def _swap(self, name: str, new: Model, change: str, by: str) -> Model:
         old = self.served.swap(name, new)
+        self._version(new, by)
         self.drift.register(new)  # the cameras' windows restart on the new reference
         self._count(name, change, "ok")
         log.info("model %s: %s %s -> %s (sha256 %s)", name, change, old.spec.version,
@@ -154,7 +180,7 @@ class Control:
         self._known(name)
         with self._reload_lock:
             new = self._load(name, "reload", path, "configured")
-            self._swap(name, new, "reload")
+            self._swap(name, new, "reload", by)
             self._remember(name, new, self.served.configs[name].card, by, "reload")
             return new
 
@@ -207,7 +233,7 @@ class Control:
                     f"POST /v1/models/{name}/candidate"
                 )
             new = candidate.model
-            self._swap(name, new, "promote")
+            self._swap(name, new, "promote", by)
             card = Path(candidate.origin.card) if candidate.origin.card else None
             self._remember(name, new, card, by, "promote")
             return new
@@ -277,14 +303,34 @@ class Control:
             entry, replaced = target
             model_file, card_file = self.history.paths(entry)
             new = self._load(name, "rollback", model_file, card_file)
-            self._swap(name, new, "rollback")
+            self._swap(name, new, "rollback", by)
             if replaced is not None:
                 self.history.mark_rolled_back(replaced, by)
             return new
 
-    def set_thresholds(self, model: Model, thresholds: ThresholdSpec) -> None:
+    def set_thresholds(self, model: Model, thresholds: ThresholdSpec, by: str = "api") -> None:
         """Replace a model's thresholds (ValueError names an unknown class or a bad value); the
         model's thresholds version goes up by one."""
         model.set_policy(make_policy(model.spec, thresholds, model.policy.good_classes))
         self.metrics.threshold_updates.labels(model.spec.name).inc()
         self.served.thresholds_changed(model)
+        self._version(model, by)
+
+    def _version(self, model: Model, by: str) -> None:
+        """Put the thresholds version `model` judges with now on record, so that the verdicts
+        naming it resolve to these thresholds (a failing record is logged: the line goes on)."""
+        if self.audit is None:
+            return
+        policy, identity = model.judging()
+        after = {
+            "thresholds_version": identity.thresholds_version,
+            "thresholds": thresholds_of(policy).model_dump(),
+            "good_classes": sorted(policy.good_classes),
+            "sha256": identity.sha256,
+            "model_version": identity.version,
+        }
+        try:
+            self.audit.record(by, THRESHOLDS_VERSION, identity.name, None, None, after)
+        except (sqlite3.Error, OSError) as exc:
+            log.error("model %s: thresholds version %d NOT on record: %s",
+                      identity.name, identity.thresholds_version, exc)  # fmt: skip

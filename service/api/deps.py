@@ -7,9 +7,10 @@ parts; a test can fill it with anything that has the same shape (tests/unit/test
 
 from __future__ import annotations
 
-import secrets
+import logging
+import sqlite3
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
@@ -17,12 +18,16 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.batcher import MicroBatcher
+from service.audit import NullAudit
 from service.config import Settings
 from service.core.types import Frame, Result
 from service.inference.card import ThresholdSpec
-from service.inference.model import Model
+from service.inference.model import Model, thresholds_of
 from service.metrics import Metrics
+from service.security import ANONYMOUS, ConfinementError, Role, Tokens, confine, model_dirs
 from service.stages.capture import Camera
+
+log = logging.getLogger(__name__)
 
 
 class ServedModelsView(Protocol):
@@ -42,7 +47,7 @@ class ControlPort(Protocol):
 
     def trigger(self, camera: str, part_id: str) -> None: ...
     def reload_model(self, name: str, path: Path | None = None, by: str = "api") -> Model: ...
-    def set_thresholds(self, model: Model, thresholds: ThresholdSpec) -> None: ...
+    def set_thresholds(self, model: Model, thresholds: ThresholdSpec, by: str = "api") -> None: ...
     def load_candidate(
         self, name: str, path: Path, card: Path | None = None, by: str = "api"
     ) -> dict[str, Any]: ...
@@ -72,6 +77,29 @@ class DriftView(Protocol):
     def snapshot(self) -> dict[str, dict[str, Any]]: ...
 
 
+class AuditPort(Protocol):
+    """The audit trail (service.audit.AuditLog, or NullAudit when it is off)."""
+
+    def record(
+        self,
+        actor: str,
+        action: str,
+        target: str | None = None,
+        route: str | None = None,
+        before: dict[str, Any] | None = None,
+        after: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | None: ...
+    def query(
+        self,
+        since: float | None = None,
+        until: float | None = None,
+        action: str | None = None,
+        target: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]: ...
+    def thresholds(self, model: str, version: int) -> dict[str, Any] | None: ...
+
+
 @dataclass(frozen=True)
 class Api:
     settings: Settings
@@ -85,6 +113,7 @@ class Api:
     link_status: Callable[[], tuple[bool, str]]  # MQTT: (connected, last error)
     outbox_depth: Callable[[], tuple[int, float | None]]  # (messages, oldest age in s)
     recipes: RecipesPort
+    audit: AuditPort = field(default_factory=NullAudit)
 
 
 def get_api(request: Request) -> Api:
@@ -93,45 +122,97 @@ def get_api(request: Request) -> Api:
 
 
 ApiDep = Annotated[Api, Depends(get_api)]
-_bearer = HTTPBearer(auto_error=False, description="Bearer token from `api.token`.")
+_bearer = HTTPBearer(
+    auto_error=False, description="Bearer token from `api.tokens` (or `api.token`)."
+)
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def _check_token(api: Api, credentials: HTTPAuthorizationCredentials | None) -> None:
-    token = api.settings.api.token
-    if token is None:
-        return
+def _authenticate(
+    request: Request, credentials: HTTPAuthorizationCredentials | None, role: Role | None
+) -> str:
+    """Who is asking (`admin:alice`; "api" when no token is configured at all): 401 without a
+    known token, 403 when the token's role may not do `role`'s work. Never logs a secret."""
+    tokens: Tokens = request.app.state.tokens
+    if not tokens.configured:
+        return ANONYMOUS
+    challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None:
-        raise HTTPException(401, "a bearer token is required", {"WWW-Authenticate": "Bearer"})
-    if not secrets.compare_digest(
-        credentials.credentials.encode(), token.get_secret_value().encode()
-    ):
-        raise HTTPException(401, "invalid bearer token", {"WWW-Authenticate": "Bearer"})
+        raise HTTPException(401, "a bearer token is required", challenge)
+    principal = tokens.identify(credentials.credentials)
+    where = f"{request.method} {request.url.path}"
+    if principal is None:
+        log.warning("%s refused: unknown bearer token from %s", where, _client(request))
+        raise HTTPException(401, "unknown bearer token", challenge)
+    if role is not None and not principal.may(role):
+        log.warning("%s refused: %s may not do %s work", where, principal.name, role)
+        raise HTTPException(
+            403, f"token {principal.id!r} is an {principal.role} token: this needs an {role} token"
+        )
+    return principal.name
 
 
-def require_token(api: ApiDep, credentials: Credentials) -> None:
-    """Mutating routes: the token is required whenever one is configured."""
-    _check_token(api, credentials)
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "?"
 
 
-# Who made a change, for the model history, while one shared token exists: its placeholder id.
-TOKEN_ID = "token:default"
+def operator(request: Request, credentials: Credentials) -> str:
+    """Operator routes (labels, triggers): an operator or admin token when any is configured;
+    who acted."""
+    return _authenticate(request, credentials, "operator")
 
 
-def caller(api: ApiDep, credentials: Credentials) -> str:
-    """Mutating routes that record who acted: the token is checked as `require_token` does;
-    "api" when no token is configured, else the token's id."""
-    _check_token(api, credentials)
-    return "api" if api.settings.api.token is None else TOKEN_ID
+def admin(request: Request, credentials: Credentials) -> str:
+    """Admin routes (thresholds, model changes, recipes, the audit trail): an admin token when
+    any is configured; who acted, as `admin:<id>` (recorded in the history and audit trail)."""
+    return _authenticate(request, credentials, "admin")
 
 
-Caller = Annotated[str, Depends(caller)]
+Operator = Annotated[str, Depends(operator)]
+Caller = Annotated[str, Depends(admin)]  # an admin route that records who acted
+require_admin = admin
 
 
-def predict_token(api: ApiDep, credentials: Credentials) -> None:
-    """Predict: the token is required only when `api.require_token_for_predict` is set."""
+def predict_token(request: Request, api: ApiDep, credentials: Credentials) -> None:
+    """Predict: a token of any role, only when `api.require_token_for_predict` is set."""
     if api.settings.api.require_token_for_predict:
-        _check_token(api, credentials)
+        _authenticate(request, credentials, None)
+
+
+def confined(api: Api, path: str, what: str) -> Path:
+    """A file named in a request body, resolved inside the model folders; 403 otherwise."""
+    try:
+        return confine(Path(path), model_dirs(api.settings), what)
+    except ConfinementError as exc:
+        log.warning("refused %s %s: outside the model folders", what, path)
+        raise HTTPException(403, str(exc)) from exc
+
+
+def identity(model: Model) -> dict[str, Any]:
+    """A model as the audit trail records it."""
+    policy, i = model.judging()  # one snapshot: the thresholds and the version naming them
+    return {
+        "model_version": i.version,
+        "sha256": i.sha256,
+        "thresholds_version": i.thresholds_version,
+        "thresholds": thresholds_of(policy).model_dump(),
+    }
+
+
+def audit(
+    api: Api,
+    by: str,
+    action: str,
+    target: str | None,
+    route: str,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> None:
+    """Record a change that was made; a failing trail is logged (the change stands)."""
+    try:
+        api.audit.record(by, action, target, route, before, after)
+    except (sqlite3.Error, OSError) as exc:
+        log.error("audit trail: %s %s %s NOT recorded: %s", by, action, target, exc)
 
 
 def find_model(api: Api, name: str | None) -> Model:

@@ -8,12 +8,11 @@ a rollback without an earlier model a 409. The live model keeps serving througho
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, NoReturn
 
 from fastapi import APIRouter, HTTPException
 
-from service.api.deps import Api, ApiDep, Caller
+from service.api.deps import Api, ApiDep, Caller, audit, confined, identity
 from service.api.models import describe
 from service.api.schemas import (
     CandidateReport,
@@ -49,15 +48,29 @@ _REFUSALS = (KeyError, NotFoundError, ConflictError, RefusedError)
     "/{name}/candidate",
     summary="Load a candidate beside the live model: it judges the same frames in its own "
     "worker, off the PLC path (never published); replaces an earlier candidate.",
-    responses=errors(400, 401, 404, 422),
+    responses=errors(400, 401, 403, 404, 422),
 )
 def load_candidate(api: ApiDep, name: str, body: CandidateRequest, by: Caller) -> CandidateReport:
-    card = Path(body.card) if body.card else None
+    path = confined(api, body.path, "candidate file")
+    card = confined(api, body.card, "candidate card") if body.card else None
     try:
-        report = api.control.load_candidate(name, Path(body.path), card, by=by)
+        report = api.control.load_candidate(name, path, card, by=by)
     except _REFUSALS as exc:
         _refusal(api, name, exc)
+    audit(api, by, "candidate.load", name, "POST /v1/models/{name}/candidate",
+          after=_candidate(report))  # fmt: skip
     return CandidateReport.model_validate(report)
+
+
+def _candidate(report: dict[str, Any]) -> dict[str, Any]:
+    """A candidate as the audit trail records it."""
+    c = report["candidate"]
+    return {k: c.get(k) for k in ("version", "sha256", "source", "card")}
+
+
+def _live(api: Api, name: str) -> dict[str, Any] | None:
+    model = api.models.models.get(name)
+    return identity(model) if model is not None else None
 
 
 @router.get(
@@ -77,13 +90,15 @@ def candidate_report(api: ApiDep, name: str) -> CandidateReport:
 @router.delete(
     "/{name}/candidate",
     summary="Discard the candidate; answers its last report.",
-    responses=errors(401, 404, 422),
+    responses=errors(401, 403, 404, 422),
 )
 def discard_candidate(api: ApiDep, name: str, by: Caller) -> CandidateReport:
     try:
         report = api.control.discard_candidate(name, by=by)
     except _REFUSALS as exc:
         _refusal(api, name, exc)
+    audit(api, by, "candidate.discard", name, "DELETE /v1/models/{name}/candidate",
+          before=_candidate(report))  # fmt: skip
     return CandidateReport.model_validate(report)
 
 
@@ -91,26 +106,32 @@ def discard_candidate(api: ApiDep, name: str, by: Caller) -> CandidateReport:
     "/{name}/candidate/promote",
     summary="Serve the candidate as the live model (an atomic swap, as a hot reload: frames in "
     "flight finish on the old model, none lost, order kept).",
-    responses=errors(401, 404, 409, 422),
+    responses=errors(401, 403, 404, 409, 422),
 )
 def promote_candidate(api: ApiDep, name: str, by: Caller) -> ModelDescription:
+    before = _live(api, name)
     try:
         model = api.control.promote_candidate(name, by=by)
     except _REFUSALS as exc:
         _refusal(api, name, exc)
+    audit(api, by, "candidate.promote", name, "POST /v1/models/{name}/candidate/promote",
+          before, identity(model))  # fmt: skip
     return describe(model)
 
 
 @router.post(
     "/{name}/rollback",
     summary="Serve the model that served before the current one again, from the model history.",
-    responses=errors(401, 404, 409, 422),
+    responses=errors(401, 403, 404, 409, 422),
 )
 def rollback(api: ApiDep, name: str, by: Caller) -> ModelDescription:
+    before = _live(api, name)
     try:
         model = api.control.rollback(name, by=by)
     except _REFUSALS as exc:
         _refusal(api, name, exc)
+    audit(api, by, "model.rollback", name, "POST /v1/models/{name}/rollback",
+          before, identity(model))  # fmt: skip
     return describe(model)
 
 

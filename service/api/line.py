@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
-from service.api.deps import ApiDep, Caller, require_token
+from service.api.deps import ApiDep, Caller, Operator, audit, confined, identity
 from service.api.models import describe
 from service.api.schemas import ModelDescription, errors
 from service.core.errors import RefusedError
@@ -27,7 +27,12 @@ class TriggerRequest(BaseModel):
 class ReloadRequest(BaseModel):
     model_config = {"extra": "forbid"}
 
-    path: str | None = Field(None, description="Another ONNX file; default: the configured path.")
+    path: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="Another ONNX file, under `api.model_dirs`; default: the configured path.",
+    )
 
 
 @router.get("/cameras", summary="Each camera's state, counters and last verdict.")
@@ -74,11 +79,10 @@ def drift(api: ApiDep) -> dict[str, Any]:
 @router.post(
     "/cameras/{camera}/trigger",
     summary="Judge the next frame of a trigger-mode camera as this part (one verdict per part).",
-    dependencies=[Depends(require_token)],
     status_code=202,
-    responses=errors(400, 401, 404, 409, 422),
+    responses=errors(400, 401, 403, 404, 409, 422),
 )
-def trigger(api: ApiDep, camera: str, body: TriggerRequest) -> dict[str, str]:
+def trigger(api: ApiDep, camera: str, body: TriggerRequest, by: Operator) -> dict[str, str]:
     try:
         api.control.trigger(camera, body.part_id)
     except KeyError:
@@ -87,23 +91,23 @@ def trigger(api: ApiDep, camera: str, body: TriggerRequest) -> dict[str, str]:
         ) from None
     except ValueError as exc:
         raise HTTPException(409, str(exc)) from exc
+    route = "POST /v1/cameras/{camera}/trigger"
+    audit(api, by, "camera.trigger", camera, route, after={"part_id": body.part_id})
     return {"camera": camera, "part_id": body.part_id, "status": "accepted"}
 
 
 @router.post(
     "/models/{name}/reload",
     summary="Load the model's file (and card) again and swap it in without stopping anything.",
-    responses=errors(400, 401, 404, 422),
+    responses=errors(400, 401, 403, 404, 422),
 )
 def reload_model(
     api: ApiDep, name: str, by: Caller, body: ReloadRequest | None = None
 ) -> ModelDescription:
-    from pathlib import Path
-
+    path = confined(api, body.path, "model file") if body and body.path else None
+    before = api.models.models.get(name)
     try:
-        model = api.control.reload_model(
-            name, Path(body.path) if body and body.path else None, by=by
-        )
+        model = api.control.reload_model(name, path, by=by)
     except KeyError:
         raise HTTPException(
             404, f"no model named {name!r}; loaded: {sorted(api.models.models)}"
@@ -112,4 +116,7 @@ def reload_model(
         raise HTTPException(422, str(exc)) from exc
     except (FileNotFoundError, CardError, ModelError, RuntimeSetupError, ValueError) as exc:
         raise HTTPException(422, f"reload refused, {name} keeps serving: {exc}") from exc
+    after = identity(model) | {"path": str(model.spec.path)}
+    prior = identity(before) if before is not None else None
+    audit(api, by, "model.reload", name, "POST /v1/models/{name}/reload", prior, after)
     return describe(model)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query
 
-from service.api.deps import ApiDep, find_model, require_token
+from service.api.deps import ApiDep, Caller, audit, find_model, identity
 from service.api.schemas import (
     ModelDescription,
     ModelsResponse,
@@ -75,15 +75,17 @@ def get_thresholds(api: ApiDep, model: ModelName = None) -> ThresholdsResponse:
 @router.put(
     "/thresholds",
     summary="Replace a model's thresholds without reloading it.",
-    dependencies=[Depends(require_token)],
-    responses=errors(400, 401, 404, 422, 503),
+    responses=errors(400, 401, 403, 404, 422, 503),
 )
 def put_thresholds(
-    api: ApiDep, body: ThresholdsUpdate, model: ModelName = None
+    api: ApiDep, body: ThresholdsUpdate, by: Caller, model: ModelName = None
 ) -> ThresholdsResponse:
     target = find_model(api, model)
+    before = identity(target)
     try:
-        api.control.set_thresholds(target, ThresholdSpec(**body.model_dump()))
+        api.control.set_thresholds(target, ThresholdSpec(**body.model_dump()), by=by)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from exc
+    name = target.spec.name
+    audit(api, by, "thresholds.set", name, "PUT /v1/thresholds", before, identity(target))
     return _thresholds(target)

@@ -17,12 +17,12 @@ from typing import Annotated, Any, Literal
 
 import cv2
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field, field_validator
 
-from service.api.deps import Api, ApiDep, require_token
+from service.api.deps import Api, ApiDep, Operator, audit
 from service.api.schemas import errors
 from service.core.errors import NotFoundError
 from service.core.types import Frame, Result
@@ -248,7 +248,7 @@ def operator_state(
             for name, r in candidates.items()
         },
         "review_enabled": api.settings.review.enabled,
-        "token_required": api.settings.api.token is not None,
+        "token_required": api.settings.api.token is not None or bool(api.settings.api.tokens),
     }
 
 
@@ -338,11 +338,10 @@ class LabelRequest(BaseModel):
     "/v1/review/{camera}/{item_id}/label",
     summary="Store an inspector's label on a review item (exported by `review export`).",
     tags=["review"],
-    dependencies=[Depends(require_token)],
-    responses=errors(400, 401, 404, 422),
+    responses=errors(400, 401, 403, 404, 422),
 )
 def review_label(
-    api: ApiDep, camera: CameraName, item_id: ItemId, body: LabelRequest
+    api: ApiDep, camera: CameraName, item_id: ItemId, body: LabelRequest, by: Operator
 ) -> dict[str, Any]:
     path = _find(api, camera, item_id)
     item = json.loads(path.read_text())
@@ -356,8 +355,11 @@ def review_label(
         if any(b.box[2] > w or b.box[3] > h for b in body.label):
             raise HTTPException(422, f"a box lies outside the {w}x{h} image")
     label = body.label if isinstance(body.label, str) else [b.model_dump() for b in body.label]
+    before = {"label": item.get("label"), "inspector": item.get("labelled_by")}
     item = write_label(path, label, body.inspector)
     log.info("review item %s/%s labelled by %s", camera, item_id, body.inspector)
+    audit(api, by, "review.label", f"{camera}/{item_id}", "POST /v1/review/{camera}/{id}/label",
+          before, {"label": label, "inspector": body.inspector})  # fmt: skip
     return _public(api, item)
 
 

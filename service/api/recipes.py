@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
-from service.api.deps import ApiDep, Caller
+from service.api.deps import ApiDep, Caller, audit
 from service.api.schemas import errors
 from service.recipes import NoLineError, RecipeError, UnknownRecipeError
 
@@ -30,11 +30,12 @@ def recipes(api: ApiDep) -> dict[str, Any]:
     "/recipe",
     summary="Change over to another recipe: cameras move to its models (no frame lost, order "
     "kept) and models get its thresholds; an unknown recipe is refused and nothing changes.",
-    responses=errors(400, 401, 404, 409, 422),
+    responses=errors(400, 401, 403, 404, 409, 422),
 )
 def select(api: ApiDep, body: RecipeRequest, by: Caller) -> dict[str, Any]:
+    before = api.recipes.state().get("active")
     try:
-        return api.recipes.select(body.recipe, by=by)
+        state = api.recipes.select(body.recipe, by=by)
     except UnknownRecipeError as exc:
         raise HTTPException(404, f"{exc}; the line keeps its recipe") from exc
     except NoLineError as exc:
@@ -42,3 +43,6 @@ def select(api: ApiDep, body: RecipeRequest, by: Caller) -> dict[str, Any]:
     except RecipeError as exc:
         detail = f"recipe {body.recipe} refused, the line keeps its recipe: {exc}"
         raise HTTPException(409, detail) from exc
+    audit(api, by, "recipe.select", body.recipe, "PUT /v1/recipe",
+          {"recipe": before}, {"recipe": state.get("active")})  # fmt: skip
+    return state

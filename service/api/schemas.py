@@ -137,14 +137,17 @@ class ErrorResponse(BaseModel):
 
 _ERRORS = {
     400: "Malformed input: empty, corrupt or truncated image, broken multipart.",
-    401: "A bearer token is required (api.token is set) and it is missing or wrong.",
+    401: "A bearer token is required (tokens are configured) and it is missing or unknown.",
+    403: "The token is valid but its role may not do this (an operator token on an admin "
+    "route), or a file named in the body lies outside api.model_dirs.",
     404: "No such model, camera or item.",
     409: "The request conflicts with the current state (e.g. the camera is not in trigger mode, "
     "no candidate to promote, no earlier model to roll back to).",
     413: "Body or declared image size over the limit; the connection is closed.",
     415: "Unsupported media type or image format.",
     422: "Invalid parameters or body.",
-    503: "Not ready (loading or stopping) or overloaded: retry later.",
+    503: "Not ready (loading or stopping), overloaded, or the inference server is unavailable: "
+    "retry later.",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -11,9 +12,10 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
-from service.api import health, lifecycle, line, models, operator, predict, recipes
+from service.api import audit, health, lifecycle, line, models, operator, predict, recipes
 from service.api.deps import Api
 from service.metrics import Metrics
+from service.security import Tokens
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +61,23 @@ def create_app(api: Api) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.api = api
+    app.state.tokens = Tokens(api.settings.api)  # digests once, compared on every request
     app.include_router(predict.router)
     app.include_router(models.router)
     app.include_router(line.router)
     app.include_router(lifecycle.router)
     app.include_router(recipes.router)
+    app.include_router(audit.router)
     app.include_router(health.router)
     operator.install(app)  # /ui and the routes behind it
     app.add_middleware(HttpMetrics, metrics=api.metrics)
     return app
 
 
-def uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
+def uvicorn_config(
+    app: Any, host: str, port: int, cert_file: Path | None = None, key_file: Path | None = None
+) -> uvicorn.Config:
+    """HTTPS when a certificate and its key are given (api.tls_cert_file, api.tls_key_file)."""
     return uvicorn.Config(
         app,
         host=host,
@@ -78,4 +85,6 @@ def uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
         log_config=None,  # keep our logging setup
         access_log=False,
         timeout_graceful_shutdown=10,
+        ssl_certfile=str(cert_file) if cert_file else None,
+        ssl_keyfile=str(key_file) if key_file else None,
     )

@@ -225,10 +225,10 @@ def test_promote_and_rollback_under_load_lose_no_frame_and_keep_order(
         assert versions == sorted(versions) and versions[-1] == versions[0] + 2, camera
     history = c.get(f"/v1/models/{LIVE}/history").json()
     assert [(e["event"], e["by"], e["current"]) for e in history["entries"]] == [
-        ("promote", "token:default", False),
+        ("promote", "admin:default", False),
         ("start", "config", True),
     ]
-    assert history["entries"][0]["rolled_back_by"] == "token:default"
+    assert history["entries"][0]["rolled_back_by"] == "admin:default"
     metrics = c.get("/metrics").text
     for change in ("candidate", "promote", "rollback"):
         assert sample(metrics, "lineinspect_model_changes_total",

@@ -56,7 +56,7 @@ class FakeControl:
         self.calls.append(("reload", (name, path)))
         raise self.reload_error or KeyError(name)
 
-    def set_thresholds(self, model: Model, thresholds: ThresholdSpec) -> None:
+    def set_thresholds(self, model: Model, thresholds: ThresholdSpec, by: str = "api") -> None:
         self.calls.append(("thresholds", thresholds))
 
     # -- model changes: unknown models are a KeyError, `errors[change]` is raised when set
@@ -220,10 +220,11 @@ def test_trigger_and_reload_map_refusals_to_status_codes(served: ServedModels) -
     assert client.post("/v1/cameras/cam1/trigger", json=part).status_code == 202
     assert client.post("/v1/cameras/cam1/trigger", json={}).status_code == 422
     assert client.post("/v1/models/nope/reload").status_code == 404
-    control.reload_error = FileNotFoundError("model not found: /x.onnx")
-    refused = client.post("/v1/models/neu-cls-demo/reload", json={"path": "/x.onnx"})
+    missing = REPO / "models" / "x.onnx"  # inside the model folder: the loader refuses it
+    control.reload_error = FileNotFoundError(f"model not found: {missing}")
+    refused = client.post("/v1/models/neu-cls-demo/reload", json={"path": str(missing)})
     assert refused.status_code == 422 and "keeps serving" in refused.json()["detail"]
-    assert control.calls[-1] == ("reload", ("neu-cls-demo", Path("/x.onnx")))
+    assert control.calls[-1] == ("reload", ("neu-cls-demo", missing))
 
 
 def _judged(served: ServedModels, camera: str, frame_id: int) -> Judged:
@@ -275,7 +276,8 @@ def test_model_change_routes_map_refusals_to_status_codes(served: ServedModels) 
     control.models = dict(served.models)
     client = TestClient(create_app(make_api(served, control, LiveView())))
     base = "/v1/models/neu-cls-demo"
-    body = {"path": "/m/candidate.onnx"}
+    models = REPO / "models"  # the folder of the configured model: candidates may come from it
+    body = {"path": str(models / "candidate.onnx")}
     # unknown model: 404 on every route, the names loaded in the reason
     for method, path in [("POST", "/candidate"), ("GET", "/candidate"), ("DELETE", "/candidate"),
                          ("POST", "/candidate/promote"), ("POST", "/rollback"), ("GET", "/history")]:  # fmt: skip
@@ -285,11 +287,11 @@ def test_model_change_routes_map_refusals_to_status_codes(served: ServedModels) 
         assert r.status_code == 404 and "neu-cls-demo" in r.json()["detail"], (method, path, r.text)
     # a bad body is a 422 before control is asked
     calls = len(control.calls)
-    for bad in ({}, {"path": ""}, {"path": "/m.onnx", "extra": 1}, {"path": "/m.onnx", "card": ""}):
+    for bad in ({}, {"path": ""}, body | {"extra": 1}, body | {"card": ""}):
         assert client.post(f"{base}/candidate", json=bad).status_code == 422, bad
     assert len(control.calls) == calls
     # loaded: the report; who loaded it is "api" without a token
-    ok = client.post(f"{base}/candidate", json=body | {"card": "/m/c.card.yaml"})
+    ok = client.post(f"{base}/candidate", json=body | {"card": str(models / "c.card.yaml")})
     assert ok.status_code == 200, ok.text
     report = ok.json()
     assert report["model"] == "neu-cls-demo" and report["candidate"]["version"] == "0.1.0"
@@ -300,7 +302,7 @@ def test_model_change_routes_map_refusals_to_status_codes(served: ServedModels) 
     assert report["cameras"]["cam1"]["compared"] == 0
     assert control.calls[-1] == (
         "candidate",
-        ("neu-cls-demo", Path("/m/candidate.onnx"), Path("/m/c.card.yaml"), "api"),
+        ("neu-cls-demo", models / "candidate.onnx", models / "c.card.yaml", "api"),
     )
     assert client.get(f"{base}/candidate").status_code == 200
     control.errors["candidate"] = RefusedError("candidate refused, neu-cls-demo keeps serving: x")
@@ -342,7 +344,7 @@ def test_model_changes_need_the_token_and_record_who(served: ServedModels) -> No
     assert client.get(f"{base}/history").status_code == 200  # reading needs no token
     auth = {"Authorization": f"Bearer {TOKEN}"}
     assert client.post(f"{base}/rollback", headers=auth).status_code == 200
-    assert control.calls[-1] == ("rollback", ("neu-cls-demo", "token:default"))
+    assert control.calls[-1] == ("rollback", ("neu-cls-demo", "admin:default"))
 
 
 def test_verdicts_carry_the_thresholds_version(served: ServedModels) -> None:
