@@ -15,6 +15,7 @@ so the tests import it as `scripts.harness`. The product (service/, training/) n
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -139,6 +140,76 @@ class Broker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+# -- a real Triton Inference Server (pytriton's binary, scripts/dev/triton_server.py)
+
+TRITON_HINT = (
+    "the Triton tests need pytriton's server in its own virtualenv: "
+    "`LINEINSPECT_TEST_PACKAGES=1 bash -c 'source scripts/dev/bootstrap.sh'` creates "
+    ".venv-triton (or set LINEINSPECT_TRITON_VENV)"
+)
+
+
+def triton_python() -> Path:
+    venv = Path(os.environ.get("LINEINSPECT_TRITON_VENV", REPO / ".venv-triton"))
+    exe = venv / "bin" / "python"
+    if not exe.exists():
+        raise RuntimeError(TRITON_HINT)
+    return exe
+
+
+class TritonServer:
+    """A Triton server on free loopback ports serving a model repository written by
+    `lineinspect models export-triton`; `stop` and `start` again keep the ports (an outage)."""
+
+    def __init__(self, repository: Path, log: Path) -> None:
+        self.repository, self.log = repository, log
+        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, protocol: str) -> str:
+        return f"127.0.0.1:{self.grpc_port if protocol == 'grpc' else self.http_port}"
+
+    def start(self, timeout: float = 120) -> None:
+        cmd = [
+            str(triton_python()), "-m", "scripts.dev.triton_server",
+            "--repository", str(self.repository), "--http-port", str(self.http_port),
+            "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port),
+        ]  # fmt: skip
+        seen = self.log.stat().st_size if self.log.exists() else 0  # READY of this start only
+        with self.log.open("ab") as out:
+            # Its own process group: stop() takes tritonserver and its backend stubs with it.
+            self.proc = subprocess.Popen(
+                cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the Triton server exited: {self.log.read_text()[-3000:]}")
+            with self.log.open("rb") as fh:
+                fh.seek(seen)
+                if b"\nREADY\n" in b"\n" + fh.read():
+                    return
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the Triton server was not ready in {timeout:.0f} s")
+
+    def pause(self) -> None:
+        """Freeze it (SIGSTOP): connections stay open, nothing is answered."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+            self.proc = None
 
 
 # -- `lineinspect serve` as a child process

@@ -22,7 +22,15 @@ from pathlib import Path
 from types import ModuleType
 
 from service import __version__
-from service.commands import audit, demo_client, drift, lifecycle, quantize, tune
+from service.commands import (
+    audit,
+    demo_client,
+    drift,
+    export_triton,
+    lifecycle,
+    quantize,
+    tune,
+)
 from service.config import ConfigError, Settings, json_schema, load_settings
 
 log = logging.getLogger("service")
@@ -280,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(func=cmd_models_inspect)
     tune.add_parser(models)
     quantize.add_parser(models)
+    export_triton.add_parser(models)
     lifecycle.add_parser(models)
 
     config = sub.add_parser("config", help="configuration tools").add_subparsers(

@@ -40,7 +40,37 @@ class ModelConfig(_Section):
     )
 
 
+class TritonConfig(_Section):
+    url: str = Field(
+        "127.0.0.1:8001",
+        description="host:port of the Triton Inference Server (8001 gRPC, 8000 HTTP by default).",
+    )
+    protocol: Literal["grpc", "http"] = Field("grpc", description="KServe v2 over gRPC or HTTP.")
+    model_version: str = Field("", description="Version to ask for; empty: the server's latest.")
+    timeout_s: float = Field(
+        2.0, gt=0, le=60, description="A request not answered in this time fails its frames."
+    )
+    max_batch: int = Field(
+        8, ge=1, le=1024,
+        description="Most images in one request; the server's max_batch_size must allow it.",
+    )  # fmt: skip
+    retry_initial_s: float = Field(
+        0.5, gt=0, description="After a failure, no request for this long (frames get error "
+        "verdicts at once); doubles on each further failure.",
+    )  # fmt: skip
+    retry_max_s: float = Field(5.0, gt=0, description="Longest pause between tries.")
+
+
 class RuntimeConfig(_Section):
+    backend: Literal["onnxruntime", "triton"] = Field(
+        "onnxruntime",
+        description="Where models run: in this process (ONNX Runtime), or on the Triton server "
+        "of `triton` (the models stay configured here: their files and cards name what the "
+        "server must serve; `lineinspect models export-triton` writes its repository).",
+    )
+    triton: TritonConfig = Field(
+        default_factory=TritonConfig, description="The inference server, for backend triton."
+    )
     providers: list[str] = Field(
         list(DEFAULT_PREFERENCE),
         description="Execution providers in order of preference; those this ONNX Runtime build "

@@ -157,6 +157,16 @@ class Metrics:
             ["camera"],
             registry=r,
         )
+        self.inference_server_up = Gauge(
+            "lineinspect_inference_server_up",
+            "1 while the model's inference server answers (runtime.backend triton).",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.inference_server_errors = Counter(
+            "lineinspect_inference_server_errors_total",
+            "Frames judged UNCERTAIN because the inference server was away or too slow.",
+            ["model"], registry=r,
+        )  # fmt: skip
         self.pipeline_errors = Counter(
             "lineinspect_pipeline_errors_total",
             "Frames that failed in a stage (each still got a verdict).",

@@ -12,6 +12,7 @@ from service.api.batcher import MicroBatcher
 from service.config import ModelConfig, Settings
 from service.inference.model import Model, load_model, make_policy
 from service.inference.runtime import RuntimeOptions, cpu_only, parallelism, usable_cores
+from service.inference.triton import TritonOptions, TritonSession
 from service.metrics import Metrics
 from service.stages.infer import ModelSlot
 
@@ -21,9 +22,16 @@ CONFIGURED = "configured"  # `ServedModels.load`: the card the configuration nam
 
 def runtime_options(settings: Settings) -> RuntimeOptions:
     rt = settings.runtime
+    remote = rt.backend == "triton"
+    # A remote model's runs wait on the network, not on these cores: one per core still.
     runs, intra = parallelism(
-        rt.parallel_runs, rt.intra_op_threads, cpu_only(rt.providers), usable_cores()
+        rt.parallel_runs, rt.intra_op_threads, remote or cpu_only(rt.providers), usable_cores()
     )
+    t = rt.triton
+    triton = TritonOptions(
+        url=t.url, protocol=t.protocol, model_version=t.model_version, timeout_s=t.timeout_s,
+        max_batch=t.max_batch, retry_initial_s=t.retry_initial_s, retry_max_s=t.retry_max_s,
+    )  # fmt: skip
     return RuntimeOptions(
         providers=tuple(rt.providers),
         parallel_runs=runs,
@@ -33,6 +41,7 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         tensorrt_cache_dir=rt.tensorrt_cache_dir,
         tensorrt_fp16=rt.tensorrt_fp16,
         warmup_runs=rt.warmup_runs,
+        triton=triton if remote else None,
     )
 
 
@@ -130,5 +139,9 @@ class ServedModels:
                 )
         info.labels(s.name, s.version, s.sha256, s.task, s.layout or "", model.providers[0]).set(1)
         self.metrics.model_ready.labels(s.name).set(1 if model.warmed else 0)
+        session = model.session
+        if isinstance(session, TritonSession):  # read at each scrape: the link's state now
+            self.metrics.inference_server_up.labels(s.name).set_function(lambda: session.up)
+            self.metrics.inference_server_errors.labels(s.name)
         self.metrics.init_model(s.name, s.classes)
         self.thresholds_changed(model)

@@ -4,8 +4,10 @@
 #   LINEINSPECT_EXTRAS  pip extras to install (default: cpu,dev,train-yolo; dev includes bench,
 #                       train-yolo includes train)
 #   LINEINSPECT_VENV    virtualenv location   (default: .venv in the repository)
-#   LINEINSPECT_TEST_PACKAGES=1  also the system packages only the tests use (set by test.sh):
-#                       prometheus (promtool + a real scrape), chromium + chromedriver (operator page)
+#   LINEINSPECT_TEST_PACKAGES=1  also what only the tests use (set by test.sh): prometheus
+#                       (promtool + a real scrape), chromium + chromedriver (operator page), and
+#                       a second virtualenv with pytriton's Triton server (the Triton tests)
+#   LINEINSPECT_TRITON_VENV  that virtualenv (default: .venv-triton in the repository)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -67,3 +69,19 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"
+
+# The Triton tests run a real Triton Inference Server: pytriton's wheel carries a tritonserver
+# binary (scripts/dev/triton_server.py). It pins numpy<2, so it lives in its own virtualenv.
+if [ "${LINEINSPECT_TEST_PACKAGES:-0}" = 1 ]; then
+  TRITON_VENV="${LINEINSPECT_TRITON_VENV:-$ROOT/.venv-triton}"
+  triton_stamp="$TRITON_VENV/.lineinspect-pytriton-0.7.0"
+  if [ ! -f "$triton_stamp" ]; then
+    say "creating $TRITON_VENV (pytriton's Triton server, for the Triton tests)"
+    "$PYTHON" -m venv "$TRITON_VENV"
+    "$TRITON_VENV/bin/python" -m pip install -q nvidia-pytriton==0.7.0 onnxruntime 'numpy<2' 2>&1 \
+      | grep -v -e "^WARNING: Location" -e "is ignored" >&2 || true
+    "$TRITON_VENV/bin/python" -c "import pytriton, onnxruntime" \
+      || { say "installing pytriton failed"; exit 1; }
+    touch "$triton_stamp"
+  fi
+fi

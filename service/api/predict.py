@@ -28,6 +28,7 @@ from service.imageio import (
 )
 from service.inference.model import Model
 from service.inference.preprocess import Geometry
+from service.inference.triton import ServerUnavailableError
 from service.metrics import Metrics
 
 router = APIRouter(prefix="/v1", tags=["predict"])
@@ -161,6 +162,9 @@ async def predict(
     except OverloadedError as exc:
         metrics.rejected_inputs.labels("overloaded").inc()
         raise HTTPException(503, f"overloaded: {exc}", {"Retry-After": "1"}) from exc
+    except ServerUnavailableError as exc:  # runtime.backend triton: the server is away or too slow
+        metrics.inference_server_errors.labels(target.spec.name).inc()
+        raise HTTPException(503, str(exc), {"Retry-After": "1"}) from exc
     metrics.observe(result)
     # Built from the typed model and serialised once: returning the Response skips FastAPI's
     # second validation pass over the same data (measurable on small models).

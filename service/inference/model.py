@@ -24,7 +24,8 @@ from service.inference.families import Family, family_for
 from service.inference.preprocess import Geometry, UInt8Image, preprocess
 from service.inference.registry import ModelSpec, resolve
 from service.inference.runner import run_batch
-from service.inference.runtime import RuntimeOptions, create_session
+from service.inference.runtime import CPU, RuntimeOptions, create_session
+from service.inference.triton import ServerUnavailableError, TritonSession
 from service.stages.decide import DecisionPolicy
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,9 @@ class Model:
         self._policy_lock = threading.Lock()
         self.warmed = False
         self._run_limit = spec.fixed_batch
-        if self._run_limit is None and self.providers[:1] == ["CPUExecutionProvider"]:
+        if isinstance(session, TritonSession):
+            self._run_limit = spec.fixed_batch or session.max_batch
+        elif self._run_limit is None and self.providers[:1] == ["CPUExecutionProvider"]:
             h, w = spec.preprocess.size
             self._run_limit = max(1, CPU_RUN_PIXELS // (h * w))
         self._per_image = spec.decoder is not None and spec.decoder.per_image
@@ -204,8 +207,11 @@ class Model:
     def warmup(self, runs: int) -> None:
         h, w = self.spec.preprocess.size
         image = np.full((h, w, 3), 114, np.uint8)
-        for _ in range(max(runs, 0)):
-            self.predict([image])
+        try:
+            for _ in range(max(runs, 0)):
+                self.predict([image])
+        except ServerUnavailableError as exc:  # the line starts anyway, with error verdicts
+            log.warning("model %s: warm-up skipped: %s", self.spec.name, exc)
         self.warmed = True
 
 
@@ -218,10 +224,16 @@ def load_model(
     card = load_card(card_file) if card_file.is_file() else None
     if card_path is not None and card is None:
         raise FileNotFoundError(f"model card not found: {card_path}")
-    session = create_session(path, options)
+    # A remote model is still resolved here, on a local CPU session that is then dropped: the
+    # line knows what it serves even while the server is away.
+    local = replace(options, providers=(CPU,)) if options.triton else options
+    session = create_session(path, local)
     spec = resolve(path, session, card)
     for warning in spec.warnings:
         log.warning("model %s: %s", path.name, warning)
+    if options.triton is not None:
+        session = TritonSession(session, spec.sha256, spec.name, options.triton)
+        session.connect()
     model = Model(spec, session, policy_from_card(spec, card), card)
     model.warmup(options.warmup_runs)
     log.info(

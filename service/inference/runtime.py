@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.inference.triton import TritonOptions
+
 log = logging.getLogger(__name__)
 
 TENSORRT = "TensorrtExecutionProvider"
@@ -76,6 +78,7 @@ class RuntimeOptions:
     tensorrt_fp16: bool = True
     warmup_runs: int = 2
     parallel_runs: int = 1  # concurrent runs per model (line workers, HTTP batcher workers)
+    triton: TritonOptions | None = None  # set: inference runs on this Triton server
 
 
 def installed_ort_distributions() -> list[str]:

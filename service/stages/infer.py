@@ -26,6 +26,7 @@ from typing import Any
 from service.core.types import Frame, Judged, Result, StageTimes
 from service.inference.model import Model
 from service.inference.runner import run_batch
+from service.inference.triton import ServerUnavailableError
 from service.metrics import Metrics
 from service.stages.buffer import FrameBuffer
 
@@ -221,6 +222,8 @@ class InferStage:
             except Exception as exc:
                 results = [exc] * len(good)
                 stage = "infer"
+                if isinstance(exc, ServerUnavailableError):
+                    self.metrics.inference_server_errors.labels(model.spec.name).inc(len(good))
             else:
                 stage = "postprocess"
             for i, result in zip(good, results, strict=True):
@@ -233,9 +236,10 @@ class InferStage:
     def _failed(self, stage: str, frame: Frame, exc: BaseException) -> Judged:
         log.error("camera %s frame %d: %s failed: %s", frame.camera, frame.frame_id, stage, exc)
         self.metrics.pipeline_errors.labels(stage).inc()
-        return Judged(
-            frame, None, f"{_WHAT[stage]} failed: {exc}", time.monotonic(), recipe=self.recipe
-        )
+        # A verdict whose reason starts "inference server unavailable" says why on its own.
+        remote = isinstance(exc, ServerUnavailableError)
+        why = str(exc) if remote else f"{_WHAT[stage]} failed: {exc}"
+        return Judged(frame, None, why, time.monotonic(), recipe=self.recipe)
 
 
 def _safe(fn: Callable[[Any], Any], arg: Any) -> Any:
