@@ -50,6 +50,8 @@ LONG_RUNNING_KINDS = {"Deployment", "DaemonSet", "StatefulSet", "ReplicaSet", "P
 PLACEHOLDER = re.compile(
     r"^(|CHANGE[-_]?ME.*|change[-_]?me.*|<[^>]*>|REPLACE[-_]?ME.*|\$\{[A-Z0-9_]+\})$"
 )
+API_TOKEN_ENV = "LINEINSPECT__API__TOKEN"
+API_TOKEN_VARS = {API_TOKEN_ENV, "LINEINSPECT__API__TOKENS__0__SECRET"}
 SECRET_ENV = re.compile(r"(PASSWORD|PASSWD|TOKEN|SECRET|API_?KEY|PRIVATE_?KEY)", re.IGNORECASE)
 # `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?err}`: compose interpolation.
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
@@ -254,6 +256,19 @@ def lint_compose(files: list[Path], root: Path = ROOT) -> Report:
         environment = service.get("environment") or {}
         if isinstance(environment, list):
             environment = dict(str(e).partition("=")[::2] for e in environment)
+        if _serves_lineinspect(service.get("entrypoint"), service.get("command")) and not any(
+            API_TOKEN_ENV in str(part)
+            for part in (service.get("entrypoint"), service.get("command"), *environment)
+        ):
+            report.problems.append(
+                Problem(
+                    rel,
+                    "compose-api-token",
+                    f"service {name}: runs lineinspect serve without {API_TOKEN_ENV}: a "
+                    "published API refuses to start without a token (issue 16); export it "
+                    "from a compose secret",
+                )
+            )
         for key, value in environment.items():
             if (
                 SECRET_ENV.search(str(key))
@@ -410,7 +425,19 @@ def k8s_policy(obj: dict[str, Any], where: str) -> list[Problem]:
             for probe in ("livenessProbe", "readinessProbe"):
                 if not c.get(probe):
                     bad(f"{cname}: no {probe}")
+        if _serves_lineinspect(c.get("command"), c.get("args")):
+            token = [e for e in c.get("env") or [] if e.get("name") in API_TOKEN_VARS]
+            ref = ((token[0].get("valueFrom") or {}).get("secretKeyRef") or {}) if token else {}
+            if not ref or ref.get("optional"):
+                bad(f"{cname}: runs lineinspect serve without {API_TOKEN_ENV} from a required "
+                    "secretKeyRef: the API refuses to start without a token (issue 16)")  # fmt: skip
     return problems
+
+
+def _serves_lineinspect(*parts: Any) -> bool:
+    """A container or compose service that runs `lineinspect serve`."""
+    text = " ".join(json.dumps(p) for p in parts if p)
+    return re.search(r'\blineinspect(",\s*"|\s+)serve\b', text) is not None
 
 
 def lint_k8s(

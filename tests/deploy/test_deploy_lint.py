@@ -96,6 +96,9 @@ def test_repository_checks_cover_every_deploy_file(repo_report: Any) -> None:
         "deploy/k8s/base/deployment.yaml",
         "deploy/k8s/overlays/site-example/secret.example.yaml",
         "deploy/k8s/overlays/site-example/line1/lineinspect.yaml",
+        "deploy/k8s/overlays/site-example/line3/lineinspect.yaml",
+        "deploy/k8s/triton/deployment.yaml",
+        "deploy/k8s/components/remote-inference/deployment-remote.yaml",
     ):
         assert rel in checked, f"{rel} was not linted"
 
@@ -468,3 +471,55 @@ def test_mosquitto_requires_authentication(lint: ModuleType, tmp_path: Path) -> 
     assert messages(lint.lint_mosquitto(silent, tmp_path)) == [
         "silent.conf: mosquitto: allow_anonymous is not set: set it to false"
     ]
+
+
+def test_a_served_api_gets_its_token_from_a_required_secret(
+    lint: ModuleType, tmp_path: Path
+) -> None:
+    """Issue 16: lineinspect refuses to start on a published port without a token, so a deploy
+    file that runs it without one is caught here rather than in a crash loop on site."""
+    compose = write(
+        tmp_path / "docker-compose.yml",
+        """
+        services:
+          tokenless:
+            image: lineinspect:1.0
+            restart: always
+            command: [lineinspect, serve, --config, /etc/lineinspect.yaml]
+          tokened:
+            image: lineinspect:1.0
+            restart: always
+            entrypoint: [/bin/sh, -c, 'LINEINSPECT__API__TOKEN="$$(cat /run/secrets/t)" exec lineinspect serve']
+          other:
+            image: tritonserver:24.08
+            restart: always
+            command: [tritonserver, --model-repository=/models/lineinspect]
+        """,
+    )
+    found = [m for m in messages(lint.lint_compose([compose], tmp_path)) if "api-token" in m]
+    assert len(found) == 1 and "service tokenless" in found[0], found
+
+    container = {
+        "name": "lineinspect", "image": "r.example/lineinspect:1.0",
+        "command": ["lineinspect", "serve", "--config", "/etc/l.yaml"],
+    }  # fmt: skip
+    ref = {"secretKeyRef": {"name": "s", "key": "api-token"}}
+    cases = [
+        ([], True),
+        ([{"name": "LINEINSPECT__API__TOKEN", "value": "literal"}], True),
+        ([{"name": "LINEINSPECT__API__TOKEN", "valueFrom": ref}], False),
+        (
+            [
+                {
+                    "name": "LINEINSPECT__API__TOKEN",
+                    "valueFrom": {"secretKeyRef": ref["secretKeyRef"] | {"optional": True}},
+                }
+            ],
+            True,
+        ),
+    ]
+    for env, refused in cases:
+        pod = {"kind": "Pod", "metadata": {"name": "p"},
+               "spec": {"containers": [container | {"env": env}]}}  # fmt: skip
+        problems = [p for p in lint.k8s_policy(pod, "x.yaml") if "API__TOKEN" in str(p)]
+        assert bool(problems) == refused, (env, problems)

@@ -71,7 +71,7 @@ def _serve(settings: Settings, start: bool = True) -> tuple[Running, Callable[[]
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[..., Running]]:
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Running]]:
     """serve(env overrides...) -> a running server; stopped after the test."""
     stops: list[Callable[[], None]] = []
 
@@ -81,6 +81,9 @@ def serve() -> Iterator[Callable[..., Running]]:
         base = {"LINEINSPECT__RUNTIME__WARMUP_RUNS": "1"}
         if config is None:
             base["LINEINSPECT__MODELS__0__PATH"] = str(REPO / "models" / "neu-cls-demo.onnx")
+            # a fresh audit trail: thresholds versions continue from the one on record
+            trail = tmp_path_factory.mktemp("audit") / "audit.sqlite"
+            base["LINEINSPECT__AUDIT__PATH"] = str(trail)
         running, stop = _serve(load_settings(config, base | (env or {})), start)
         stops.append(stop)
         return running

@@ -194,7 +194,8 @@ def test_promote_and_rollback_under_load_lose_no_frame_and_keep_order(
     candidate = candidate_copy(tmp_path / "candidate")
     cameras = [folder_camera("cam1", folder, fps=25), folder_camera("cam2", folder, fps=25)]
     cfg = line_config(
-        tmp_path, broker, cameras, api={"token": "t"}, line={"max_batch": 2},
+        tmp_path, broker, cameras, api={"token": "t", "model_dirs": [str(tmp_path)]},
+        line={"max_batch": 2},
         runtime={"parallel_runs": 2}, history={"path": str(tmp_path / "history")},
     )  # fmt: skip
     running = serve(config=cfg)
@@ -240,7 +241,8 @@ def test_bad_model_changes_are_clear_4xx_and_the_line_keeps_serving(
 ) -> None:
     folder = image_folder(tmp_path, neu_images, 20)
     cfg = line_config(
-        tmp_path, broker, [folder_camera("cam1", folder, fps=8, loop=True)], api={"token": "t"},
+        tmp_path, broker, [folder_camera("cam1", folder, fps=8, loop=True)],
+        api={"token": "t", "model_dirs": [str(tmp_path)]},  # candidates are dropped there
         history={"path": str(tmp_path / "history")},
     )  # fmt: skip
     running = serve(config=cfg)
