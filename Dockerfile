@@ -15,7 +15,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN python -m venv /opt/venv
 COPY --from=build /wheels /wheels
 RUN wheel="$(ls /wheels/lineinspect-*.whl)" \
-    && pip install --no-cache-dir "${wheel}[cpu]" \
+    && pip install --no-cache-dir "${wheel}[cpu,triton]" \
     && rm -rf /wheels
 RUN useradd --system --uid 10001 --create-home --home-dir /app lineinspect
 WORKDIR /app

@@ -475,7 +475,15 @@ def models() -> list[Panel]:
             description="Served models: version, sha256, task, layout and the execution "
             "provider really in use.",
         ),
-        up_down("Model ready", targets((f"lineinspect_model_ready{{{L}}}", "{{model}}"))),
+        up_down(
+            "Model ready",
+            targets(
+                (f"lineinspect_model_ready{{{L}}}", "{{model}}"),
+                (f"lineinspect_inference_server_up{{{L}}}", "{{model}} inference server"),
+            ),
+            description="Loaded and warmed; with runtime.backend triton also whether the "
+            "inference server answers (while it does not, the model's frames are UNCERTAIN).",
+        ),
         timeseries(
             "Thresholds version and kept models",
             targets(
