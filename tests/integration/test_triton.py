@@ -162,6 +162,22 @@ def test_a_repository_that_does_not_hold_the_model_is_refused(
         remote("neu-cls-demo", misbuilt.url("grpc"), "grpc", model_name=served)
 
 
+def test_a_line_starts_while_the_server_is_away() -> None:
+    """Resolved from the local file, the model loads with no server; each run fails at once
+    with the reason while the back-off holds, instead of waiting out a timeout per batch."""
+    from scripts.harness import free_port
+    from service.inference.triton import ServerUnavailableError
+
+    model = remote("neu-cls-demo", f"127.0.0.1:{free_port()}", "grpc", retry_initial_s=5.0)
+    assert model.warmed and not model.session.up
+    assert model.spec.classes and model.spec.preprocess.size == (128, 128)
+    image = np.zeros((128, 128, 3), np.uint8)
+    t0 = time.perf_counter()
+    with pytest.raises(ServerUnavailableError, match=r"^inference server unavailable \(grpc://"):
+        model.predict([image])
+    assert time.perf_counter() - t0 < 0.5, "a run during the back-off waited for the network"
+
+
 @pytest.mark.parametrize(
     ("protocol", "outage"),
     [("grpc", "killed"), ("http", "killed"), ("grpc", "frozen")],
