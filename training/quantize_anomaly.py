@@ -199,6 +199,12 @@ def quantize_anomaly(
     card = load_card(card_path_for(fp32_path))
     if card.task != "anomaly" or card.anomaly is None:
         raise ValueError(f"{fp32_path} is a {card.task} model without anomaly calibration")
+    if any("/supervised/" in n.name for n in onnx.load(str(fp32_path)).graph.node):
+        raise ValueError(
+            f"{fp32_path} is a supervised or hybrid model: not quantised, because its threshold "
+            "comes from out-of-fold scores of the validation defects it was trained on, and "
+            "re-choosing it for the int8 scale on those same images would flatter it"
+        )
     split = _split(card, data)
     cfg = card.training.get("config", {})
     good = split.good_class

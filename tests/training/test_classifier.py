@@ -153,7 +153,7 @@ def test_resume_continues_an_interrupted_run(
     work = tmp_path / "parts-work"
     assert (work / "last.pt").is_file() and (out.with_name("parts-split.json")).is_file()
 
-    assert main([*base, "--epochs", "3", "--resume"]) == 0
+    assert main([*base, "--epochs", "3", "--resume", "--int8"]) == 0
     second = capsys.readouterr().out
     assert f"resuming from {work / 'last.pt'}: epoch 2 of 3" in second
     assert "epoch 1/" not in second and "epoch 2/3: train loss" in second
@@ -167,6 +167,16 @@ def test_resume_continues_an_interrupted_run(
     assert card.training["command"].startswith("lineinspect train classify --data ")
     assert card.training["method"] == "SmallCNN(width=24) trained from scratch"
     assert load_model(out).spec.classes == ("crazing", "inclusion", "scratches")
+    # --int8: the int8 file beside it, with its card, and both in the readiness report
+    int8 = out.with_name("parts-int8.onnx")
+    assert f"int8: {int8}: test accuracy " in second
+    q = load_card(card_path_for(int8)).metrics["quantization"]
+    assert q["int8"]["bytes"] < q["fp32"]["bytes"] and 0 <= q["int8"]["test_accuracy"] <= 1
+    assert load_model(int8).spec.classes == ("crazing", "inclusion", "scratches")
+    report = (out.with_name("parts-report") / "report.md").read_text(encoding="utf-8")
+    assert report.startswith("# ") and "## INT8 and fp32" in report
+    assert "| parts.onnx |" in report and "| parts-int8.onnx |" in report
+    assert "| overall accuracy |" in report.split("## INT8 and fp32")[1]
 
     # Another input size cannot continue this checkpoint: one line, nothing trained.
     assert main([*base, "--epochs", "3", "--resume", "--image-size", "96"]) == 2

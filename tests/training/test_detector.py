@@ -163,6 +163,7 @@ def quick_run(
             str(out),
             "--workdir",
             str(work / "work"),
+            *(["--int8"] if request.param == "efflite0" else []),
         ]
     )
     assert rc == 0, "lineinspect train detect --quick failed (see the captured output)"
@@ -228,6 +229,21 @@ def test_quick_run_trains_exports_and_is_served(quick_run: Path, neu_images: lis
 
 
 @pytest.mark.parametrize("quick_run", ["efflite0"], indirect=True)
+def test_int8_flag_writes_the_int8_detector_and_reports_both(quick_run: Path) -> None:
+    from service.inference.model import load_model
+
+    int8 = quick_run.with_name("neu-det-quick-int8.onnx")
+    card = load_card(card_path_for(int8))
+    q = card.metrics["quantization"]
+    assert q["int8"]["bytes"] < q["fp32"]["bytes"] / 2 and q["speed"]["ratio"] > 0
+    assert 0.0 <= q["int8"]["test_map50"] <= 1.0 and "heads_compared" in q
+    assert "readiness" in card.metrics
+    assert load_model(int8).spec.task == "detect"
+    report = quick_run.with_name("neu-det-quick-report") / "report.md"
+    section = report.read_text(encoding="utf-8").split("## INT8 and fp32")[1]
+    assert "| neu-det-quick-int8.onnx |" in section and "| mAP50 |" in section
+
+
 def test_efflite0_starts_from_imagenet_and_keeps_its_early_blocks(quick_run: Path) -> None:
     """The backbone is ImageNet EfficientNet-Lite0, its stem and blocks 0-4 stay as loaded
     (weights and BatchNorm statistics), and the blocks after them are trained."""

@@ -102,3 +102,27 @@ def test_card_of_int8_model_serves_with_retuned_threshold(quantized: tuple[Path,
     assert model.spec.task == "anomaly"
     assert s["served"]["max_abs_raw_diff"] <= 1e-5
     assert len(s["served"]["verdicts"]) == 4
+
+
+def test_train_anomaly_int8_writes_both_and_reports_both(data_dir: Path, tmp_path: Path) -> None:
+    """`lineinspect train anomaly --int8` on a CI-sized run (about 10 s of CPU)."""
+    from service.cli import main
+
+    out = tmp_path / "tiles.onnx"
+    argv = ["train", "anomaly", "--quick", "--mode", "good-only", "--int8", "--no-estimate",
+            "--no-progress", "--data", str(data_dir / "magnetic-tile"), "--out", str(out),
+            "--report-dir", str(tmp_path / "report")]  # fmt: skip
+    assert main(argv) == 0
+    int8 = tmp_path / "tiles-int8.onnx"
+    card = load_card(card_path_for(int8))
+    q = card.metrics["quantization"]
+    assert q["fp32"]["test_auroc"] == load_card(card_path_for(out)).metrics["test"]["auroc"]
+    assert 0.5 <= q["int8"]["test_auroc"] <= 1.0 and q["speed"]["ratio"] > 0
+    assert card.training["command"].startswith("lineinspect train anomaly")
+    assert load_model(int8).spec.task == "anomaly"
+    report = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    section = report.split("## INT8 and fp32")[1]
+    assert "| tiles.onnx |" in section and "| tiles-int8.onnx |" in section
+    assert "| AUROC |" in section and "| miss rate at threshold |" in section
+    assert "x |" in section  # the speed ratio
+    assert "INT8 and fp32" in (tmp_path / "report" / "report.html").read_text(encoding="utf-8")

@@ -17,7 +17,7 @@ from service.inference.card import card_path_for
 from tests.conftest import REPO
 from training.dataset import Manifest
 from training.quantize import head_nodes, quantize_detector
-from training.quantize_anomaly import distance_nodes
+from training.quantize_anomaly import distance_nodes, quantize_anomaly
 
 DETECTOR = REPO / "models" / "neu-det-demo.onnx"
 SPLIT = REPO / "models" / "neu-cls-split.json"  # the shared NEU split both demo models used
@@ -75,6 +75,12 @@ def test_anomaly_without_its_images_says_where(
     err = capsys.readouterr().err
     assert code == 2, err
     assert "not found: pass --data" in err and "Traceback" not in err
+
+
+def test_supervised_or_hybrid_anomaly_model_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="supervised or hybrid"):
+        quantize_anomaly(REPO / "models" / "mt-defect.onnx", tmp_path / "d.onnx")
+    assert not (tmp_path / "d.onnx").exists()
 
 
 def test_classifier_without_a_manifest_is_refused(

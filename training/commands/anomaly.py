@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from training import int8
 from training.commands import (
     TRAIN_MODULES,
     command_line,
@@ -114,6 +115,7 @@ def add_parser(subparsers: Any) -> None:
     out.add_argument("--report-dir", type=Path, help="default: build/anomaly/<name>")
     out.add_argument("--name", help="model name in the card (default: the output file's stem)")
     out.add_argument("--version", default="1", help="model version in the card (default 1)")
+    out.add_argument("--int8", action="store_true", help=int8.HELP)
 
     model = p.add_argument_group("model")
     model.add_argument("--mode", choices=("auto", "good-only", "all"), default="auto",
@@ -246,6 +248,12 @@ def run_command(args: argparse.Namespace) -> int:
             _print_good_only(report)
             if not report["parity"]["ok"]:
                 return fail("ONNX and PyTorch scores differ by more than 1e-4 of the score range")
+            if args.int8:  # the card records the resolved data folder and the split
+                report_dir = Path(report["report_dir"])
+                q = int8.write_int8(
+                    "anomaly", Path(report["onnx"]), report_dir, command=cfg.command
+                )
+                print(int8.describe(q))
         else:
             summary = fit_all(cfg)
             _print_all(summary)
@@ -253,8 +261,14 @@ def run_command(args: argparse.Namespace) -> int:
                 return fail(
                     f"the ONNX files score unlike PyTorch: {summary['parity_max_abs_diff']}"
                 )
+            if args.int8:  # a supervised or hybrid pick is refused with the reason
+                q = int8.write_int8(
+                    "anomaly", Path(summary["onnx"]), Path(summary["report"]).parent,
+                    command=cfg.command,
+                )  # fmt: skip
+                print(int8.describe(q))
         print(f"CPU time: {budget.format_duration(time.process_time() - started)}", file=sys.stderr)
-    except AnomalyDataError as exc:
+    except (AnomalyDataError, ValueError) as exc:  # ValueError: an int8 request it refuses
         return fail(str(exc))
     except KeyboardInterrupt:
         print("lineinspect: interrupted", file=sys.stderr)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from training import int8
 from training.commands import (
     TRAIN_MODULES,
     command_line,
@@ -100,6 +101,7 @@ def add_parser(subparsers: Any) -> None:
     )
     out.add_argument("--name", help="model name in the card (default: the output file's stem)")
     out.add_argument("--version", default="0.1.0", help="model version in the card (default 0.1.0)")
+    out.add_argument("--int8", action="store_true", help=int8.HELP)
     out.add_argument(
         "--workdir", type=Path, help="checkpoint folder (default: OUT-work/ beside the output)"
     )
@@ -363,4 +365,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"test accuracy {test['accuracy']:.4f}; lowest F1 {lowest:.4f}; readiness {verdict}")
     stem = out.with_suffix("").as_posix()
     print(f"wrote {out}, {stem}.card.yaml, {stem}-report/ (checkpoints in {workdir})")
+    if args.int8:
+        report_dir = out.with_name(out.stem + "-report")
+        print(int8.describe(int8.write_int8("classify", out, report_dir, manifest=manifest)))
     return 0

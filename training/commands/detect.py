@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from training import int8
 from training.commands import (
     YOLO_MODULES,
     command_line,
@@ -104,6 +105,7 @@ def add_parser(subparsers: Any) -> None:
         help="ONNX file to write (default: models/<data folder>-detector.onnx in the current folder)",
     )
     out.add_argument("--version", default="0.1.0", help="model version in the card (default 0.1.0)")
+    out.add_argument("--int8", action="store_true", help=int8.HELP)
     out.add_argument(
         "--workdir",
         type=Path,
@@ -404,6 +406,16 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         version=args.version,
     )
     say(f"card written; threshold {thresholds['default']} ± {thresholds['band']}")
+    quantized = None
+    if args.int8:
+        quantized = int8.write_int8(
+            "detect",
+            onnx_path,
+            onnx_path.with_name(onnx_path.stem + "-report"),
+            manifest=used,
+            workdir=workdir / "int8",
+        )
+        say(int8.describe(quantized))
     say(f"done in {time.perf_counter() - t0:.0f} s wall")
     return {
         "onnx": str(onnx_path),
@@ -412,4 +424,5 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "per_class_ap50": {c: v["ap50"] for c, v in test["per_class"].items()},
         "cpu_seconds": summary["cpu_seconds"],
         "readiness_passed": card["metrics"].get("readiness", {}).get("passed"),
+        **({"int8": quantized} if quantized else {}),
     }
