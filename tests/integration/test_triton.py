@@ -6,6 +6,7 @@ every verdict, in order, through a server outage.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -25,6 +26,9 @@ from tests.integration.conftest import REPO, Broker, Plc, sample
 from tests.integration.test_line import Serve, folder_camera, image_folder, line_config
 
 MODELS = ("neu-cls-demo", "neu-det-demo", "mt-anomaly")
+# How long the outage test keeps the server away; 4 s in CI, the 30 s by hand:
+# LINEINSPECT_TRITON_OUTAGE_S=30 pytest tests/integration/test_triton.py -k outage
+OUTAGE_S = float(os.environ.get("LINEINSPECT_TRITON_OUTAGE_S", "4"))
 
 
 def export(out: Path, *names: str) -> Path:
@@ -193,7 +197,7 @@ def test_line_keeps_every_verdict_through_a_server_outage(
     server = TritonServer(export(tmp_path / "repository", "neu-cls-demo"), tmp_path / "tri.log")
     server.start()
     try:
-        n = 160
+        n = int(25 + OUTAGE_S * 10 + 100)  # 10 fps: before, during, and after with a restart
         folder = image_folder(tmp_path, neu_images, n)
         cfg = line_config(
             tmp_path, broker, [folder_camera("cam1", folder, fps=10)],
@@ -215,23 +219,25 @@ def test_line_keeps_every_verdict_through_a_server_outage(
         )
         assert answer.status_code == 503, answer.text
         assert "inference server unavailable" in answer.json()["detail"]
-        time.sleep(max(0.0, 4 - (time.monotonic() - down)))
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down)))
         if outage == "frozen":
             server.resume()
         else:
             server.start()
-        got = plc.wait_for(n, 90, "cam1")
+        got = plc.wait_for(n, 90 + OUTAGE_S, "cam1")
     finally:
         server.stop()
     assert [v["sequence"] for v in got] == list(range(1, n + 1))
     assert [v["frame_id"] for v in got] == list(range(1, n + 1))
     failed = [i for i, v in enumerate(got) if v["error"]]
-    assert len(failed) >= 30, f"only {len(failed)} frames judged during a 4 s outage at 10 fps"
+    assert len(failed) >= OUTAGE_S * 10 * 0.75, f"only {len(failed)} frames judged in the outage"
     assert failed == list(range(failed[0], failed[-1] + 1)), "errors outside the one outage"
     for i in failed:
         assert got[i]["verdict"] == "uncertain"
         assert got[i]["reason"].startswith(f"inference server unavailable ({protocol}://"), got[i]
     assert failed[0] >= 25 and failed[-1] < n - 10, "no judged frames after the server returned"
+    print(f"\n{protocol} {outage} {OUTAGE_S:.0f} s: {len(failed)} of {n} frames UNCERTAIN "
+          f"(frames {failed[0] + 1}-{failed[-1] + 1}), all {n} in order")  # fmt: skip
     assert all(v["model"]["name"] == "neu-cls-demo" for v in got[failed[-1] + 1 :])
     text = running.client.get("/metrics").text
     # one frame a request at this pace; plus the HTTP request answered 503
