@@ -71,6 +71,7 @@ class LineInspect:
             self.candidates, self.history, settings.shadow, self.audit,
         )  # fmt: skip
         self.changeover = Changeover(settings.recipes, self.served, self.control, self.metrics)
+        self.changeover.audit = self.audit
         self.outbox: Outbox | None = None
         self.link: MqttLink | NullLink = NullLink()
         self.review: ReviewSink | NullSink = NullSink()

@@ -11,6 +11,7 @@ the new recipe's name. A PLC's selection over MQTT is acknowledged on the status
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -30,6 +31,20 @@ log = logging.getLogger(__name__)
 
 class ThresholdSetter(Protocol):
     def set_thresholds(self, model: Model, thresholds: ThresholdSpec, by: str = "api") -> None: ...
+
+
+class Recorder(Protocol):
+    """The audit trail (service.audit.AuditLog)."""
+
+    def record(
+        self,
+        actor: str,
+        action: str,
+        target: str | None = None,
+        route: str | None = None,
+        before: dict[str, Any] | None = None,
+        after: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | None: ...
 
 
 class LineAnnouncer(Protocol):
@@ -52,6 +67,7 @@ class Changeover:
         self._buffers: Mapping[str, FrameBuffer] = {}
         self._announcer: LineAnnouncer | None = None
         self._lock = threading.Lock()
+        self.audit: Recorder | None = None  # records the PLC's selections (HTTP: the API does)
         for r in recipes:
             metrics.recipe_active.labels(r.name).set(0)
 
@@ -122,11 +138,18 @@ class Changeover:
             log.warning("recipe selection on %s refused: %s", topic, exc)
             self._ack(payload.decode(errors="replace")[:128], False, str(exc), request)
             return
+        before = self.active
         try:
             self.select(name, by="mqtt")
         except (RecipeError, NoLineError) as exc:
             self._ack(name, False, str(exc), request)
             return
+        if self.audit is not None:
+            try:
+                self.audit.record("mqtt", "recipe.select", name, f"MQTT {topic}",
+                                  {"recipe": before}, {"recipe": name})  # fmt: skip
+            except (sqlite3.Error, OSError) as exc:
+                log.error("audit trail: recipe %s from MQTT NOT recorded: %s", name, exc)
         self._ack(name, True, None, request)
 
     def _ack(self, requested: str, accepted: bool, reason: str | None, request: str | None) -> None:

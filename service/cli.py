@@ -66,7 +66,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     from service.api.server import create_app, uvicorn_config
     from service.app import LineInspect
-    from service.security import Tokens, exposure_problem, is_loopback
+    from service.security import exposure_problem, exposure_warning
 
     settings = _settings(args)
     setup_logging(settings.logging.level)
@@ -77,12 +77,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for tls_file in (api.tls_cert_file, api.tls_key_file):
         if tls_file is not None and not tls_file.is_file():
             return _fail(f"cannot start: no TLS file {tls_file} (api.tls_cert_file / tls_key_file)")
-    if api.allow_unauthenticated and not is_loopback(api.host) and not Tokens(api).configured:
-        log.warning(
-            "UNAUTHENTICATED: api.allow_unauthenticated is set and no token is configured: "
-            "anyone who reaches %s:%d can change thresholds, swap models and label frames",
-            api.host, api.port,
-        )  # fmt: skip
+    if (warning := exposure_warning(api)) is not None:  # only reached when opted out
+        log.warning("%s", warning)
     service = LineInspect(settings)
     t0 = time.perf_counter()
     try:

@@ -88,11 +88,15 @@ def list_items(
     return out
 
 
-def write_label(path: Path, label: str | list[dict[str, Any]], inspector: str) -> dict[str, Any]:
-    """Store an inspector's label in the item's JSON, atomically (as `offer` writes it)."""
+def write_label(
+    path: Path, label: str | list[dict[str, Any]], inspector: str, token: str | None = None
+) -> dict[str, Any]:
+    """Store an inspector's label in the item's JSON, atomically (as `offer` writes it), with
+    the token it came with (`operator:bob`, as the audit trail names it)."""
     with _label_lock:  # two inspectors on one item: one whole record wins, never a mix
         item: dict[str, Any] = json.loads(path.read_text())
-        item |= {"label": label, "labelled_by": inspector, "labelled_at": round(time.time(), 3)}
+        item |= {"label": label, "labelled_by": inspector, "labelled_at": round(time.time(), 3),
+                 "labelled_with": token}  # fmt: skip
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(item, indent=1))
         tmp.replace(path)
@@ -202,4 +206,16 @@ def export(root: Path, out: Path, fmt: str, labelled_only: bool = False) -> int:
     else:
         tasks = [_labelstudio_task(path, item) for path, item in items]
         (out / "tasks.json").write_text(json.dumps(tasks, indent=1))
+    _provenance(items, out / "labels.jsonl")
     return len(items)
+
+
+def _provenance(items: list[tuple[Path, dict[str, Any]]], path: Path) -> None:
+    """Who labelled each exported item, with what token and when, and the model and thresholds
+    version that judged it: the review export's share of the audit trail."""
+    keys = ("label", "labelled_by", "labelled_with", "labelled_at", "reason", "verdict", "model")
+    with path.open("w") as f:
+        for _, item in items:
+            if item.get("label") is not None:
+                row = {"item": f"{item['camera']}-{item['id']}"} | {k: item.get(k) for k in keys}
+                f.write(json.dumps(row, sort_keys=True) + "\n")

@@ -61,6 +61,16 @@ def exposure_problem(api: ApiConfig) -> str | None:
     return None
 
 
+def exposure_warning(api: ApiConfig) -> str | None:
+    """The WARNING every start logs when the API is open to the network by choice."""
+    if is_loopback(api.host) or api.tokens or api.token is not None:
+        return None
+    return (
+        f"UNAUTHENTICATED: api.allow_unauthenticated is set and no token is configured: anyone "
+        f"who reaches {api.host}:{api.port} can change thresholds, swap models and label frames"
+    )
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who made a request: a token's id and role (never its secret)."""

@@ -266,7 +266,7 @@ def _classes_for(api: Api, item: dict[str, Any]) -> list[str]:
 def _public(api: Api, item: dict[str, Any]) -> dict[str, Any]:
     keys = ("id", "camera", "frame_id", "part_id", "sequence", "captured_at", "reason",
             "verdict", "decision", "model", "task", "width", "height", "findings", "label",
-            "labelled_by", "labelled_at", "candidate")  # fmt: skip
+            "labelled_by", "labelled_at", "labelled_with", "candidate")  # fmt: skip
     out = {k: item.get(k) for k in keys}
     out["image_url"] = f"/v1/review/{item.get('camera')}/{item.get('id')}.jpg"
     out["classes"] = _classes_for(api, item)
@@ -356,7 +356,7 @@ def review_label(
             raise HTTPException(422, f"a box lies outside the {w}x{h} image")
     label = body.label if isinstance(body.label, str) else [b.model_dump() for b in body.label]
     before = {"label": item.get("label"), "inspector": item.get("labelled_by")}
-    item = write_label(path, label, body.inspector)
+    item = write_label(path, label, body.inspector, by)
     log.info("review item %s/%s labelled by %s", camera, item_id, body.inspector)
     audit(api, by, "review.label", f"{camera}/{item_id}", "POST /v1/review/{camera}/{id}/label",
           before, {"label": label, "inspector": body.inspector})  # fmt: skip

@@ -104,3 +104,9 @@ def test_a_plc_changes_recipe_under_load_without_losing_a_frame(
     assert sample(metrics, "lineinspect_recipe_changes_total", result="ok") == 3
     assert sample(metrics, "lineinspect_recipe_active", recipe="plain") == 1
     assert sample(metrics, "lineinspect_recipe_active", recipe="strict") == 0
+    # the audit trail names each changeover and who asked for it (issue 16)
+    selections = running.client.get("/v1/audit?action=recipe.select").json()["records"]
+    assert [(r["actor"], r["route"], r["before"], r["after"]) for r in selections] == [
+        ("mqtt", f"MQTT {recipe_topic}", {"recipe": "plain"}, {"recipe": "strict"}),
+        ("api", "PUT /v1/recipe", {"recipe": "strict"}, {"recipe": "plain"}),
+    ]

@@ -23,6 +23,7 @@ from service.audit import AuditLog
 from service.cli import main
 from service.config import ApiConfig, ConfigError, Settings, load_settings
 from service.metrics import Metrics
+from service.review_store import export
 from service.served import ServedModels
 from service.sinks.drift import NullDrift
 from service.sinks.live import LiveView
@@ -56,6 +57,7 @@ class Setup:
         item = {"id": ITEM, "camera": CAMERA, "model": {"name": "neu-cls-demo"},
                 "task": "classify", "width": 200, "height": 200, "label": None}  # fmt: skip
         (day / f"{ITEM}.json").write_text(json.dumps(item))
+        (day / f"{ITEM}.jpg").write_bytes(b"\xff\xd8 a jpeg")  # exports copy it as it is
         self.settings = Settings.model_validate(
             {"models": [{"path": str(MODEL)}], "review": {"path": str(self.review)}, "api": api}
         )
@@ -156,6 +158,14 @@ def test_roles_act_and_are_recorded_by_token_id(
     for secret in SECRETS:
         assert secret not in caplog.text and secret not in json.dumps(records)
     assert c.get("/v1/models").status_code == 200  # reading stays open
+    # the review export carries who labelled, with which token (the audit trail's share)
+    assert export(s.review, tmp_path / "export", "folders") == 1
+    (row,) = [
+        json.loads(x) for x in (tmp_path / "export" / "labels.jsonl").read_text().splitlines()
+    ]
+    assert (row["item"], row["label"], row["labelled_by"], row["labelled_with"]) == (
+        f"{CAMERA}-{ITEM}", "crazing", "Ann", "operator:bob"
+    )  # fmt: skip
 
 
 def test_predict_takes_any_role_when_required(served: ServedModels, tmp_path: Path) -> None:
@@ -238,8 +248,12 @@ def test_token_configuration_is_checked() -> None:
     ],
 )
 def test_protected_mode(host: str, api: dict[str, Any], refused: bool) -> None:
-    problem = security.exposure_problem(ApiConfig.model_validate({"host": host} | api))
+    config = ApiConfig.model_validate({"host": host} | api)
+    problem = security.exposure_problem(config)
     assert (problem is not None) == refused, problem
+    # the explicit opt-out, and only it, starts with the loud warning
+    warning = security.exposure_warning(config) if problem is None else None
+    assert (warning is not None) == ("allow_unauthenticated" in api), warning
 
 
 def test_an_exposed_start_without_a_token_is_refused_in_one_line(
