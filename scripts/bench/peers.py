@@ -24,6 +24,8 @@ Paths, each measured in its own process so that CPU seconds and peak RSS belong 
 - http1 / http16: `POST /v1/predict` through a real uvicorn (`python -m service serve`), driven
   by wrk with 1 and 16 connections, body: one frame of the clip as a JPEG (quality 90). CPU and
   RSS are the server's; the latency is wrk's (send to last byte).
+- http-reduced: the same with `api.reduced_decode` on (the JPEG decoded at 1/2-1/8 scale in
+  libjpeg where the model input allows; off by default, docs/BENCHMARKS.md "reduced-scale").
 - ultralytics: Ultralytics' own loop, `YOLO(onnx, task="detect").predict(frame)` per frame read
   with cv2.VideoCapture (offline as in training/detect.py). Latency: the predict call; throughput:
   frames / wall time, decode included (as in the line).
@@ -65,7 +67,7 @@ from scripts.harness import (
 )
 
 CLIP = data_root() / "video" / "checkweigher_conveyor_h264_1280x720.mp4"
-ALL_PATHS = ("raw", "line", "http", "ultralytics")
+ALL_PATHS = ("raw", "line", "http", "http-reduced", "ultralytics")
 
 
 def clip_length(source: Path) -> int:
@@ -288,17 +290,18 @@ def run_line(
 
 def run_http(
     model: Path, source: Path, clients: list[int], seconds: float, workdir: Path,
-    runtime: dict[str, Any] | None = None,
+    runtime: dict[str, Any] | None = None, api: dict[str, Any] | None = None, suffix: str = "",
 ) -> dict[str, dict[str, float]]:  # fmt: skip
     body = clip_frame_jpeg(source, 100, workdir / "frame.jpg")  # a mid-clip frame, JPEG q90
     lua = write_lua(workdir)
     rows: dict[str, dict[str, float]] = {}
     env = {f"LINEINSPECT__RUNTIME__{k.upper()}": str(v) for k, v in (runtime or {}).items()}
+    env |= {f"LINEINSPECT__API__{k.upper()}": str(v).lower() for k, v in (api or {}).items()}
     server, url = start_server(model, env)
     try:
         for c in clients:
             r = measure_level(url, server.pid, body, c, seconds, lua)
-            rows[f"http {c}"] = {
+            rows[f"http {c}{suffix}"] = {
                 "frames": r["requests"], "fps": r["req_per_s"], "p50_ms": r["p50_ms"],
                 "p99_ms": r["p99_ms"], "cpu_s_per_frame": r["server_cpu_s_per_req"],
                 "peak_rss_mb": r["server_peak_rss_mb"], "load1": r["load1_before"],
@@ -337,6 +340,9 @@ def bench_model(
                 )  # fmt: skip
         if "http" in paths:
             rows |= run_http(model, source, clients, http_s, Path(tmp), runtime)
+        if "http-reduced" in paths:
+            rows |= run_http(model, source, clients, http_s, Path(tmp), runtime,
+                             {"reduced_decode": True}, " reduced")  # fmt: skip
     if "ultralytics" in paths:
         rows |= last_json(child(["--worker", "ultralytics", *common, "--size", str(size)]))
     return rows
@@ -439,7 +445,7 @@ def main() -> int:
     frames = args.frames or clip_frames
     paths = args.paths.split(",")
     clients = [int(c) for c in args.clients.split(",")]
-    if "http" in paths:
+    if {"http", "http-reduced"} & set(paths):
         wrk_exe()  # fail now, not after the other paths have run
     print(f"clip {args.source.name}: {clip_frames} frames; {frames} frames per path; "
           f"load average {os.getloadavg()}")  # fmt: skip
