@@ -30,6 +30,7 @@ from service.core.wire import Topics
 from service.history import ModelHistory
 from service.metrics import Metrics
 from service.outbox import Outbox
+from service.retention import ReviewRetention
 from service.served import ServedModels
 from service.sinks import NullSink, Sink
 from service.sinks.candidate import CandidateSink
@@ -75,6 +76,7 @@ class LineInspect:
         self.outbox: Outbox | None = None
         self.link: MqttLink | NullLink = NullLink()
         self.review: ReviewSink | NullSink = NullSink()
+        self.retention: ReviewRetention | None = None
         self.sinks: list[Sink] = []
         self.publish: PublishStage | None = None
         self.infer: InferStage | None = None
@@ -134,6 +136,8 @@ class LineInspect:
             log.info("line drained and stopped")
         for sink in reversed(self.sinks):
             sink.close()
+        if self.retention is not None:
+            self.retention.stop()
         self.candidates.close()  # also without a line (HTTP only), where no sink list holds it
         self.link.stop(self.settings.mqtt.drain_timeout_s)
         if self.outbox is not None:
@@ -174,6 +178,8 @@ class LineInspect:
             self.review = review
             self.sinks.append(review)
             self.control.review = review  # candidates keep the frames they disagree on
+            self.retention = ReviewRetention(r.path, m.registry, r.max_age_days, r.max_bytes)
+            self.retention.start()
         self.drift.start()
         self.sinks += [self.drift, self.live, self.candidates]
         self.publish = PublishStage(

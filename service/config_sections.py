@@ -336,6 +336,17 @@ class ReviewConfig(_Section):
         0.0, ge=0.0, le=1.0, description="Also keep this share of confident frames (random audit)."
     )
     budget_per_hour: int = Field(120, ge=0, description="Most frames kept per camera per hour.")
+    max_age_days: float | None = Field(
+        None,
+        gt=0,
+        description="Delete unlabelled items older than this (checked every 10 minutes); "
+        "labelled items are never deleted; null: kept until exported and cleared.",
+    )
+    max_bytes: int | None = Field(
+        None,
+        ge=1_000_000,
+        description="Delete the oldest unlabelled items while the queue holds more than this.",
+    )
 
 
 class DriftConfig(_Section):
