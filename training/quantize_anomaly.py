@@ -3,9 +3,12 @@ its cost measured the way the model was first measured.
 
 The backbone's blocks (`/stem/`, `/blocks.N/`) are quantised; everything after them (the
 per-image grey-level normalisation, the local average, the nearest-neighbour distance to the
-memory bank, the upsampling and smoothing of the map, the image score) stays fp32 by default:
-a distance of 304-d features to 16k bank rows in uint8 steps can move the top-1 neighbour. The
-whole-graph choice is quantised and measured too, so the card says what keeping it fp32 buys.
+memory bank, the upsampling and smoothing of the map, the image score) stays fp32 by default
+(`--distance fp32`): a distance of 304-d features to 16k bank rows in uint8 steps can move the
+top-1 neighbour. `--distance matmul` also quantises the one matrix product of the features with
+the bank (per-channel int8 bank, most of the model's arithmetic at 256 px) and keeps the norms,
+the minimum, the square root, the map and the score fp32; `--distance int8` quantises the whole
+graph. The choices not taken are quantised and measured too, so the card says what each buys.
 
 Calibration uses the good parts of the validation split only (what an anomaly model has seen as
 normal; the defects in validation only set the threshold). The int8 raw scores are on a shifted
@@ -38,7 +41,8 @@ from training.anomaly.evaluate import _jsonable, calibrate, pixel_auroc, split_m
 from training.anomaly.export import onnx_scores, onnx_session
 from training.quantize import _quantize, machine, raw_frames_per_second
 
-PARTS = ("fp32", "int8")  # --distance: the part after the backbone kept fp32, or quantised
+# --distance: what after the backbone is quantised: nothing, the bank's matrix product, all
+PARTS = ("fp32", "matmul", "int8")
 BACKBONE = re.compile(r"/(stem|blocks\.\d+)/")  # EfficientNet-Lite0's stem and blocks
 DEFAULT_CALIBRATION = 64
 
@@ -54,8 +58,20 @@ def distance_nodes(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.name and not BACKBONE.search(n.name)]
 
 
+def bank_product_nodes(model: onnx.ModelProto) -> list[str]:
+    """The MatMul of the patch features with the memory bank (the nearest-neighbour search)."""
+    found = [n.name for n in model.graph.node if n.op_type == "MatMul" and BANK_NAME in n.input]
+    if not found:
+        raise ValueError(f"no MatMul with the memory bank ({BANK_NAME}) in the graph")
+    return found
+
+
 def _choice(distance: str) -> Callable[[onnx.ModelProto], list[str]]:
-    return distance_nodes if distance == "fp32" else lambda model: []
+    if distance == "fp32":
+        return distance_nodes
+    if distance == "matmul":
+        return lambda m: sorted(set(distance_nodes(m)) - set(bank_product_nodes(m)))
+    return lambda model: []
 
 
 def restore_fp16_bank(source: Path, target: Path) -> bool:
@@ -221,9 +237,9 @@ def quantize_anomaly(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="lineinspect-quantize-anomaly-") as work:
         variants = {distance: out_path}
-        if compare:
-            other = "int8" if distance == "fp32" else "fp32"
-            variants[other] = Path(work) / f"{out_path.stem}-distance-{other}.onnx"
+        for other in PARTS if compare else ():
+            if other != distance:
+                variants[other] = Path(work) / f"{out_path.stem}-distance-{other}.onnx"
         kept = {}
         for d, p in variants.items():
             kept[d] = _quantize(fp32_path, p, _Reader(fp32, calib), _choice(d))
@@ -241,12 +257,14 @@ def quantize_anomaly(
     summary: dict[str, Any] = {
         "method": "onnxruntime static QDQ, per-channel int8 weights, uint8 activations",
         "calibration": f"{len(calib)} good images of the validation split",
-        "distance": (
-            f"backbone blocks quantised; the {kept[distance]} nodes after them (normalisation, memory-bank "
-            "distance, map, score) kept in fp32"
-            if distance == "fp32"
-            else "whole graph quantised"
-        ),
+        "distance": {
+            "fp32": f"backbone blocks quantised; the {kept[distance]} nodes after them "
+            "(normalisation, memory-bank distance, map, score) kept in fp32",
+            "matmul": "backbone blocks and the features x memory-bank MatMul quantised; the "
+            f"other {kept[distance]} nodes after the backbone (norms, minimum, square root, map, "
+            "score) kept in fp32",
+            "int8": "whole graph quantised",
+        }[distance],
         "threshold": "re-chosen on validation with the training rule "
         f"(miss rate <= {target_miss} on the validation defects); test scored once at it",
         "fp32": _summary_of(m32, fp32_path),
@@ -255,6 +273,7 @@ def quantize_anomaly(
         "val_auroc_cost_points": _cost(m32["val"]["auroc"], m8["val"]["auroc"]),
         "distance_compared": {
             f"distance_{d}": {"val_auroc": m["val"]["auroc"], "test_auroc": m["test"]["auroc"]}
+            | {k: m["test"][k] for k in ("miss_rate", "false_reject_rate")}
             | {"frames_per_s": rates[d], "bytes": sizes[d]}
             for d, m in measured.items()
         },

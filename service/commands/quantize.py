@@ -11,8 +11,9 @@ A classifier is calibrated on training images, a detector on its validation spli
 when the manifest has none); the detector's Detect head after its last convolutions stays fp32
 unless `--head int8`. An anomaly model uses the split its card records (no --manifest; --data
 when the images moved): calibrated on the validation split's good parts, its backbone quantised
-and the memory-bank distance, map and score kept fp32 unless `--distance int8`, its threshold
-re-chosen on validation for the int8 score scale.
+and the memory-bank distance, map and score kept fp32 unless `--distance matmul` (the bank's
+matrix product int8 too) or `int8` (whole graph), its threshold re-chosen on validation for the
+int8 score scale.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from service.commands import fail
 
@@ -59,17 +61,26 @@ def add_parser(models: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p.add_argument(
         "--distance",
-        choices=("fp32", "int8"),
+        choices=("fp32", "matmul", "int8"),
         default="fp32",
         help="anomaly: keep everything after the backbone (memory-bank distance, map, score) in "
-        "fp32 (default) or quantise the whole graph",
+        "fp32 (default), quantise only the features x memory-bank MatMul of it, or quantise the "
+        "whole graph",
     )
     p.add_argument(
         "--no-compare",
         action="store_true",
-        help="detector, anomaly: do not quantise and measure the other --head / --distance too",
+        help="detector, anomaly: do not quantise and measure the other --head / --distance "
+        "choices too",
     )
     p.add_argument("--workdir", type=Path, default=None, help="detector: evaluation files")
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="readiness report folder to add the fp32/int8 comparison to (report.md/.html; "
+        "written when absent), e.g. the model's OUT-report/",
+    )
     p.set_defaults(func=run)
 
 
@@ -103,8 +114,7 @@ def run(args: argparse.Namespace) -> int:
                 compare=not args.no_compare,
                 command=command_line(args),
             )
-            print(json.dumps(summary, indent=1))
-            return 0
+            return _done(args, summary)
         if args.manifest is None:
             return fail(f"{args.model}: a {task} model needs --manifest (its training split)")
         manifest = Manifest.load(args.manifest)
@@ -127,5 +137,13 @@ def run(args: argparse.Namespace) -> int:
             return fail(f"{args.model}: cannot quantise a {task!r} model")
     except (FileNotFoundError, ValueError, CardError) as exc:
         return fail(str(exc))
+    return _done(args, summary)
+
+
+def _done(args: argparse.Namespace, summary: dict[str, Any]) -> int:
     print(json.dumps(summary, indent=1))
+    if args.report:
+        from training.report.int8 import add_int8_section
+
+        print(f"report: {add_int8_section(args.report, args.model, args.out)}")
     return 0

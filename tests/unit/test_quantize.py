@@ -17,7 +17,12 @@ from service.inference.card import card_path_for
 from tests.conftest import REPO
 from training.dataset import Manifest
 from training.quantize import head_nodes, quantize_detector
-from training.quantize_anomaly import distance_nodes, quantize_anomaly
+from training.quantize_anomaly import (
+    _choice,
+    bank_product_nodes,
+    distance_nodes,
+    quantize_anomaly,
+)
 
 DETECTOR = REPO / "models" / "neu-det-demo.onnx"
 SPLIT = REPO / "models" / "neu-cls-split.json"  # the shared NEU split both demo models used
@@ -101,6 +106,14 @@ def test_distance_nodes_are_everything_after_the_backbone() -> None:
     assert len(convs) >= 40  # the backbone's convolutions are quantised
     with pytest.raises(ValueError, match="cannot find the backbone"):
         distance_nodes(onnx.load(str(DETECTOR)))  # a YOLO graph has no EfficientNet blocks
+
+
+def test_matmul_choice_quantises_only_the_bank_product_after_the_backbone() -> None:
+    graph = onnx.load(str(ANOMALY))
+    kept = set(_choice("matmul")(graph))
+    assert bank_product_nodes(graph) == ["/MatMul"] and "/MatMul" not in kept
+    assert kept == set(distance_nodes(graph)) - {"/MatMul"}
+    assert _choice("int8")(graph) == []
 
 
 def test_head_nodes_are_the_detect_head_after_its_last_convolutions() -> None:

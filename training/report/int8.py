@@ -115,7 +115,7 @@ def int8_section(fp32_path: Path, int8_path: Path) -> Section:
     compared = q.get("distance_compared") or q.get("heads_compared")
     if compared:
         shown = "; ".join(f"{k}: {v}" for k, v in compared.items())
-        blocks.append(Paragraph(f"both choices measured on the same split: {shown}"))
+        blocks.append(Paragraph(f"choices measured on the same split: {shown}"))
     return Section(HEADING, blocks)
 
 
