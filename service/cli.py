@@ -197,6 +197,11 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     api = settings.api
     print(f"{args.file}: OK ({len(settings.models)} model(s), api on {api.host}:{api.port})")
+    from service.security import exposure_problem
+
+    if (problem := exposure_problem(api)) is not None:  # the token may come at deploy time
+        print(f"note: without a token in its environment, serve would refuse: {problem}",
+              file=sys.stderr)  # fmt: skip
     return 0
 
 

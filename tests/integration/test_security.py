@@ -182,6 +182,13 @@ def test_the_api_over_https_with_a_throwaway_ca(tmp_path: Path) -> None:
             assert c.get("/v1/models").json()["models"][0]["name"] == MODEL
             ok = c.put("/v1/thresholds", json={"default": 0.6}, headers=bearer(ADMIN))
             assert ok.status_code == 200
+        # the lifecycle commands over HTTPS, trusting the site CA as documented
+        cli = subprocess.run(
+            [sys.executable, "-m", "service", "models", "history", MODEL, "--url", url],
+            env=env | {"SSL_CERT_FILE": str(certs / "ca.crt")},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert cli.returncode == 0 and json.loads(cli.stdout)["model"] == MODEL, cli.stderr
         with pytest.raises(httpx.ConnectError):  # a client that does not trust the CA
             httpx.get(f"{url}/readyz", timeout=5)
         with pytest.raises(httpx.TransportError):  # no plain HTTP on the port

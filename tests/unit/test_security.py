@@ -269,6 +269,13 @@ def test_an_exposed_start_without_a_token_is_refused_in_one_line(
     assert len(err.splitlines()) == 1, err
     assert "refusing to start" in err and "LINEINSPECT__API__TOKEN" in err
     assert "allow_unauthenticated" in err
+    # config validate: the file is valid (a token may come at deploy time), with a note
+    config.write_text(f"models: [{{path: {MODEL}}}]\napi: {{host: 0.0.0.0}}\n")
+    assert main(["config", "validate", str(config)]) == 0
+    assert "serve would refuse" in capsys.readouterr().err
+    monkeypatch.setenv("LINEINSPECT__API__TOKEN", LEGACY)
+    assert main(["config", "validate", str(config)]) == 0
+    assert "refuse" not in capsys.readouterr().err
 
 
 def test_model_paths_are_confined(served: ServedModels, tmp_path: Path) -> None:
