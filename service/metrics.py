@@ -159,7 +159,8 @@ class Metrics:
         )
         self.inference_server_up = Gauge(
             "lineinspect_inference_server_up",
-            "1 while the model's inference server answers (runtime.backend triton).",
+            "1 while the model's inference backend answers: the Triton server with "
+            "runtime.backend triton, always 1 for ONNX Runtime in this process.",
             ["model"], registry=r,
         )  # fmt: skip
         self.inference_server_errors = Counter(

@@ -140,8 +140,11 @@ class ServedModels:
         info.labels(s.name, s.version, s.sha256, s.task, s.layout or "", model.providers[0]).set(1)
         self.metrics.model_ready.labels(s.name).set(1 if model.warmed else 0)
         session = model.session
+        up = self.metrics.inference_server_up.labels(s.name)
         if isinstance(session, TritonSession):  # read at each scrape: the link's state now
-            self.metrics.inference_server_up.labels(s.name).set_function(lambda: session.up)
-            self.metrics.inference_server_errors.labels(s.name)
+            up.set_function(lambda: session.up)
+        else:  # ONNX Runtime in this process: there is no server to lose
+            up.set_function(lambda: 1)
+        self.metrics.inference_server_errors.labels(s.name)
         self.metrics.init_model(s.name, s.classes)
         self.thresholds_changed(model)

@@ -214,7 +214,10 @@ class TritonSession:
                 "config request", lambda: client.get_model_config(self.model, o.model_version)
             )
         check_served(self, meta, config)
-        self._verified = True
+        if not self.up:
+            log.info("model %s: inference server %s answers; its model checked", self.model,
+                     self._where())  # fmt: skip
+        self._verified, self.up = True, True
 
     # -- inference
     def run(self, output_names: Sequence[str] | None, feeds: dict[str, np.ndarray]) -> list[Any]:
@@ -230,8 +233,6 @@ class TritonSession:
         except ServerUnavailableError as exc:
             self._failed(exc)
             raise
-        if not self.up:
-            log.info("model %s: inference server %s answers", self.model, self._where())
         self.up, self._delay = True, 0.0
         return outputs
 
