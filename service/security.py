@@ -135,11 +135,12 @@ def confine(path: Path, dirs: Sequence[Path], what: str = "model file") -> Path:
     ConfinementError otherwise. A file that does not exist is resolved as far as it goes (its
     absence is the loader's refusal to make)."""
     try:
-        resolved = path.resolve(strict=True)
-    except FileNotFoundError:
-        resolved = path.resolve(strict=False)
-    except (OSError, RuntimeError) as exc:  # a symlink loop
-        raise ConfinementError(f"{what} {path}: cannot be resolved: {exc}") from exc
+        try:
+            resolved = path.resolve(strict=True)
+        except FileNotFoundError:
+            resolved = path.resolve(strict=False)
+    except (OSError, RuntimeError, ValueError) as exc:  # a loop, a NUL byte, a name too long
+        raise ConfinementError(f"{what} {path!r}: cannot be resolved: {exc}") from exc
     roots = list(_resolved(dirs))
     if any(resolved.is_relative_to(root) for root in roots):
         return resolved

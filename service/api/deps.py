@@ -170,7 +170,6 @@ def admin(request: Request, credentials: Credentials) -> str:
 
 Operator = Annotated[str, Depends(operator)]
 Caller = Annotated[str, Depends(admin)]  # an admin route that records who acted
-require_admin = admin
 
 
 def predict_token(request: Request, api: ApiDep, credentials: Credentials) -> None:
