@@ -31,7 +31,7 @@ EXPECTED_ALERTS = {
     "ServiceDown", "ModelNotReady", "CameraDown", "CameraFlapping", "NoVerdicts",
     "FramesDroppedHigh", "InferenceLatencyOverBudget", "PipelineErrors", "DriftHigh",
     "DriftWatch", "UncertainRateHigh", "MqttDisconnected", "OutboxBackingUp", "OutboxEvicting",
-    "ReviewDiskFull", "InferenceServerDown",
+    "ReviewDiskFull", "InferenceServerDown", "DiskFillingUp",
 }  # fmt: skip
 # What Grafana would put in the queries with every line and camera selected.
 VARIABLES = {"$__rate_interval": "15s", "$line": ".*", "$camera": ".*"}
