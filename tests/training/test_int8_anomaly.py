@@ -126,3 +126,25 @@ def test_train_anomaly_int8_writes_both_and_reports_both(data_dir: Path, tmp_pat
     assert "| AUROC |" in section and "| miss rate at threshold |" in section
     assert "x |" in section  # the speed ratio
     assert "INT8 and fp32" in (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+
+
+def test_train_anomaly_all_int8_quantises_a_good_only_pick_or_says_why(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--mode all picks on validation; a supervised or hybrid pick is not quantised (its
+    threshold comes from out-of-fold scores), and the run says so after writing the fp32 files."""
+    from service.cli import main
+
+    out = tmp_path / "gate.onnx"
+    argv = ["train", "anomaly", "--quick", "--mode", "all", "--int8", "--no-estimate",
+            "--no-progress", "--data", str(data_dir / "magnetic-tile"), "--out", str(out),
+            "--report-dir", str(tmp_path / "report")]  # fmt: skip
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert load_model(out).spec.task == "anomaly"  # the fp32 pick is written either way
+    if any("/supervised/" in n.name for n in onnx.load(str(out)).graph.node):
+        assert code == 2 and "--int8: " in err and "supervised or hybrid" in err, err
+        assert not (tmp_path / "gate-int8.onnx").exists()
+    else:
+        assert code == 0, err
+        assert load_card(card_path_for(tmp_path / "gate-int8.onnx")).metrics["quantization"]

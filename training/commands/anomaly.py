@@ -262,10 +262,13 @@ def run_command(args: argparse.Namespace) -> int:
                     f"the ONNX files score unlike PyTorch: {summary['parity_max_abs_diff']}"
                 )
             if args.int8:  # a supervised or hybrid pick is refused with the reason
-                q = int8.write_int8(
-                    "anomaly", Path(summary["onnx"]), Path(summary["report"]).parent,
-                    command=cfg.command,
-                )  # fmt: skip
+                try:
+                    q = int8.write_int8(
+                        "anomaly", Path(summary["onnx"]), Path(summary["report"]).parent,
+                        command=cfg.command,
+                    )  # fmt: skip
+                except ValueError as exc:
+                    return fail(f"--int8: {exc} (the fp32 model and its report are written)")
                 print(int8.describe(q))
         print(f"CPU time: {budget.format_duration(time.process_time() - started)}", file=sys.stderr)
     except (AnomalyDataError, ValueError) as exc:  # ValueError: an int8 request it refuses
