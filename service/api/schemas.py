@@ -83,7 +83,10 @@ class CandidateInfo(BaseModel):
     classes: list[str]
     source: str = Field(description="The file it was loaded from.")
     card: str | None
-    loaded_by: str = Field(description='"config", "api" or the id of the token that loaded it.')
+    loaded_by: str = Field(
+        description='"config", "api" (no token configured) or the token that loaded it, as '
+        "`<role>:<id>` (e.g. `admin:alice`)."
+    )
     loaded_at: float = Field(description="Unix time.")
     queue: dict[str, int] = Field(description="Its worker's queue: size and frames waiting.")
 
@@ -113,7 +116,9 @@ class HistoryEntry(BaseModel):
     card_sha256: str | None
     version: str
     served_at: float = Field(description="Unix time it began serving.")
-    by: str = Field(description='Who put it there: "config", "api" or a token id.')
+    by: str = Field(
+        description='Who put it there: "config", "api" (no token configured) or `<role>:<id>`.'
+    )
     event: str = Field(description="start, reload or promote.")
     source: str = Field(description="The path it was loaded from.")
     rolled_back_at: float | None
