@@ -178,7 +178,7 @@ class LineInspect:
             self.review = review
             self.sinks.append(review)
             self.control.review = review  # candidates keep the frames they disagree on
-            self.retention = ReviewRetention(r.path, m.registry, r.max_age_days, r.max_bytes)
+            self.retention = ReviewRetention(r.path, m, r.max_age_days, r.max_bytes)
             self.retention.start()
         self.drift.start()
         self.sinks += [self.drift, self.live, self.candidates]

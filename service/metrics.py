@@ -157,6 +157,17 @@ class Metrics:
             ["camera"],
             registry=r,
         )
+        self.retention_deleted = Counter(
+            "lineinspect_retention_deleted_total",
+            "Items deleted by the retention policy (kind review: unlabelled items over the age "
+            "or size bound).",
+            ["kind", "reason"], registry=r,
+        )  # fmt: skip
+        self.disk_free = Gauge(
+            "lineinspect_disk_free_bytes",
+            "Free bytes on the file system of a folder the service writes.",
+            ["path"], registry=r,
+        )  # fmt: skip
         self.inference_server_up = Gauge(
             "lineinspect_inference_server_up",
             "1 while the model's inference backend answers: the Triton server with "

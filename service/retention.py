@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class ReviewRetention:
     def __init__(
         self,
         root: Path,
-        registry: CollectorRegistry,
+        metrics: Metrics,
         max_age_days: float | None,
         max_bytes: int | None,
         interval_s: float = 600.0,
@@ -86,21 +86,10 @@ class ReviewRetention:
         self.root, self.interval_s = root, interval_s
         self.max_age_s = max_age_days * 86400 if max_age_days is not None else None
         self.max_bytes = max_bytes
-        self.deleted = Counter(
-            "lineinspect_retention_deleted_total",
-            "Items deleted by the retention policy (kind review: unlabelled items over the age "
-            "or size bound).",
-            ["kind", "reason"],
-            registry=registry,
-        )
+        self.deleted = metrics.retention_deleted
         for reason in ("age", "size"):
             self.deleted.labels("review", reason)
-        self.free = Gauge(
-            "lineinspect_disk_free_bytes",
-            "Free bytes on the file system of a folder the service writes.",
-            ["path"],
-            registry=registry,
-        )
+        self.free = metrics.disk_free
         root.mkdir(parents=True, exist_ok=True)
         self.free.labels(str(root)).set_function(lambda: shutil.disk_usage(root).free)
         self._stop = threading.Event()

@@ -7,8 +7,9 @@ import os
 import time
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 
+from service.metrics import Metrics
 from service.retention import ReviewRetention, prune_review
 
 DAY = 86400.0
@@ -51,14 +52,14 @@ def test_the_size_bound_takes_the_oldest_unlabelled_first(tmp_path: Path) -> Non
 
 def test_the_thread_counts_what_it_deletes_and_exports_free_space(tmp_path: Path) -> None:
     item(tmp_path, "1-1", 3, labelled=False)
-    registry = CollectorRegistry()
-    retention = ReviewRetention(tmp_path, registry, max_age_days=1, max_bytes=None, interval_s=60)
+    metrics = Metrics()
+    retention = ReviewRetention(tmp_path, metrics, max_age_days=1, max_bytes=None, interval_s=60)
     retention.start()
     deadline = time.monotonic() + 10
     while kept(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.05)
     retention.stop()
-    text = generate_latest(registry).decode()
+    text = generate_latest(metrics.registry).decode()
     assert 'lineinspect_retention_deleted_total{kind="review",reason="age"} 1.0' in text
     assert 'lineinspect_retention_deleted_total{kind="review",reason="size"} 0.0' in text
     assert f'lineinspect_disk_free_bytes{{path="{tmp_path}"}}' in text
