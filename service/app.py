@@ -148,6 +148,7 @@ class LineInspect:
             self.outbox.close()
         self.audit.publish = None  # the outbox is closed
         self.served.stop()
+        self.audit.close()  # last: stopping the models records nothing more
 
     def start_line(self) -> None:
         """After the models: outbox, MQTT, the sinks, the stages and the cameras."""
