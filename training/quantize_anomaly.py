@@ -44,7 +44,7 @@ from training.quantize import _quantize, machine, raw_frames_per_second
 # --distance: what after the backbone is quantised: nothing, the bank's matrix product, all
 PARTS = ("fp32", "matmul", "int8")
 BACKBONE = re.compile(r"/(stem|blocks\.\d+)/")  # EfficientNet-Lite0's stem and blocks
-DEFAULT_CALIBRATION = 64
+DEFAULT_CALIBRATION = 32  # chosen on validation AUROC among 16, 32, 64, all 123 (docs/MODELS.md)
 
 
 def distance_nodes(model: onnx.ModelProto) -> list[str]:

@@ -50,7 +50,7 @@ def add_parser(models: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         type=int,
         default=None,
         help="classifier: training images (default 120); detector: validation images (default "
-        "all); anomaly: good validation images (default 64)",
+        "all); anomaly: good validation images (default 32)",
     )
     p.add_argument(
         "--head",
