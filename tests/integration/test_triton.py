@@ -184,7 +184,7 @@ def test_a_line_starts_while_the_server_is_away() -> None:
 
 @pytest.mark.parametrize(
     ("protocol", "outage"),
-    [("grpc", "killed"), ("http", "killed"), ("grpc", "frozen")],
+    [("grpc", "killed"), ("http", "killed"), ("grpc", "frozen"), ("http", "frozen")],
 )
 def test_line_keeps_every_verdict_through_a_server_outage(
     serve: Serve, broker: Broker, plc: Plc, tmp_path: Path, neu_images: list[Path],
