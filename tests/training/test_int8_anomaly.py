@@ -25,7 +25,7 @@ from training.quantize import _quantize
 from training.quantize_anomaly import (
     _choice,
     _Reader,
-    fp32_tensors,
+    matmul_inputs,
     quantize_anomaly,
     restore_fp16_bank,
 )
@@ -64,7 +64,7 @@ def test_distance_stays_fp32_and_backbone_is_int8(quantized: tuple[Path, Any]) -
     out, _ = quantized
     model = onnx.load(str(out))
     # the nearest-neighbour MatMul against the memory bank takes plain float tensors
-    assert set(fp32_tensors(out).values()) == {"float"}
+    assert set(matmul_inputs(out).values()) == {"float"}
     bank = [n for n in model.graph.node if "memory_bank_t" in n.input]
     assert [n.op_type for n in bank] == ["MatMul"]
     # ... and the bank is stored as in the source: fp16 behind a Cast (not widened to fp32)
@@ -83,7 +83,7 @@ def test_whole_graph_choice_quantises_the_distance(data_dir: Path, tmp_path: Pat
     calib = [data_dir / "magnetic-tile" / p for p in good]
     _quantize(FP32, whole, _Reader(load_model(FP32), calib), _choice("int8"))
     assert not restore_fp16_bank(FP32, whole)  # the bank became int8 weights there
-    assert "dequantized" in set(fp32_tensors(whole).values())
+    assert "dequantized" in set(matmul_inputs(whole).values())
 
 
 def test_card_of_int8_model_serves_with_retuned_threshold(quantized: tuple[Path, Any]) -> None:
