@@ -103,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.model}: quantize needs the model's card ({card_file}) with its task"
             )
         if task == "anomaly":
+            problem = missing_extra(["torch", "sklearn"], "train")  # its scoring and AUROC
+            if problem:
+                return fail(problem)
             from training.quantize_anomaly import DEFAULT_CALIBRATION, quantize_anomaly
 
             summary = quantize_anomaly(
