@@ -223,10 +223,11 @@ def operator_state(
     request: Request, api: ApiDep, feed: Annotated[int, Query(ge=1, le=FEED_SIZE)] = 30
 ) -> dict[str, Any]:
     counts, drift, candidates = verdict_counts(api), drift_snapshot(api), candidate_reports(api)
+    recipes = api.recipes.state()  # after a changeover a camera's model is not the configured one
     cameras = {}
     for cam in api.settings.cameras:
         per = counts.get(cam.name, {})
-        model = cam.model or api.models.default
+        model = recipes["routing"].get(cam.name) or cam.model or api.models.default
         report = candidates.get(model or "")
         cameras[cam.name] = {
             "model": model,
@@ -236,6 +237,7 @@ def operator_state(
         }
     return {
         "line": api.settings.line.name,
+        "recipe": recipes["active"],
         "cameras": cameras,
         "feed": api.live.recent(feed),
         "drift_available": drift is not None,

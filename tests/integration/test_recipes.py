@@ -94,6 +94,10 @@ def test_a_plc_changes_recipe_under_load_without_losing_a_frame(
     assert r.status_code == 404 and "recipes: ['plain', 'strict']" in r.json()["detail"]
     state = running.client.get("/v1/recipes").json()
     assert state["active"] == "strict" and state["routing"]["cam1"] == "neu-cls-int8"
+    page = running.client.get("/v1/operator/state").json()  # the operator page shows the same
+    assert page["recipe"] == "strict"
+    assert page["cameras"]["cam1"]["model"] == "neu-cls-int8"
+    assert page["cameras"]["cam2"]["model"] == "neu-cls-demo"
     r = running.client.put("/v1/recipe", json={"recipe": "plain"})
     assert r.status_code == 200 and r.json()["routing"] == {
         "cam1": "neu-cls-demo",

@@ -192,6 +192,8 @@
   function renderStatus(cams, state) {
     $("line-name").textContent = state.line;
     document.title = `lineinspect · ${state.line}`;
+    $("recipe").hidden = !state.recipe;
+    $("recipe").textContent = `recipe ${state.recipe}`;
     const mqtt = $("mqtt");
     mqtt.textContent = cams.mqtt_connected ? "MQTT connected" : "MQTT down";
     mqtt.className = `pill ${cams.mqtt_connected ? "ok" : "bad"}`;
