@@ -244,6 +244,7 @@ def test_int8_flag_writes_the_int8_detector_and_reports_both(quick_run: Path) ->
     assert "| neu-det-quick-int8.onnx |" in section and "| mAP50 |" in section
 
 
+@pytest.mark.parametrize("quick_run", ["efflite0"], indirect=True)
 def test_efflite0_starts_from_imagenet_and_keeps_its_early_blocks(quick_run: Path) -> None:
     """The backbone is ImageNet EfficientNet-Lite0, its stem and blocks 0-4 stay as loaded
     (weights and BatchNorm statistics), and the blocks after them are trained."""
