@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import sqlite3
 import threading
 import time
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 THRESHOLDS_VERSION = "thresholds.version"
 MAX_LIMIT = 1000
+# A change is refused while the trail's file system has less than this free: the record of a
+# change takes a few kB (WAL frames included), and a change nobody can trace is not made.
+MIN_FREE_BYTES = 1 << 20
 _COLUMNS = "id, at, actor, action, target, route, before, after, hash"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -94,7 +98,8 @@ class AuditLog:
         self.path = path
         self.publish = publish  # announced on MQTT `<prefix>/<line>/audit` once the link exists
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # A locked trail fails a change after 2 s rather than holding the request.
+        self._db = sqlite3.connect(path, timeout=2.0, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
@@ -132,6 +137,23 @@ class AuditLog:
             except Exception as exc:  # the record is kept; only its announcement is lost
                 log.error("audit %d not announced on MQTT: %s", record["id"], exc)
         return record
+
+    def unwritable(self) -> str | None:
+        """Why a record could not be written now (a full disk, a locked or read-only file), or
+        None. Asked before a change is made, so that a change nobody could trace is refused."""
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError as exc:
+            return f"the audit trail's folder {self.path.parent}: {exc}"
+        if free < MIN_FREE_BYTES:
+            return f"only {free} bytes free under {self.path.parent}"
+        with self._lock:
+            try:  # takes the write lock and gives it back: what a record needs
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                return f"the audit trail {self.path} cannot be written: {exc}"
+        return None
 
     def query(
         self,
@@ -253,6 +275,9 @@ class NullAudit:
         return []
 
     def last_thresholds_version(self, model: str) -> int | None:
+        return None
+
+    def unwritable(self) -> str | None:
         return None
 
     def thresholds(self, model: str, version: int) -> dict[str, Any] | None:

@@ -89,6 +89,7 @@ class AuditPort(Protocol):
         before: dict[str, Any] | None = None,
         after: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None: ...
+    def unwritable(self) -> str | None: ...
     def query(
         self,
         since: float | None = None,
@@ -164,8 +165,21 @@ def operator(request: Request, credentials: Credentials) -> str:
 
 def admin(request: Request, credentials: Credentials) -> str:
     """Admin routes (thresholds, model changes, recipes, the audit trail): an admin token when
-    any is configured; who acted, as `admin:<id>` (recorded in the history and audit trail)."""
-    return _authenticate(request, credentials, "admin")
+    any is configured; who acted, as `admin:<id>` (recorded in the history and audit trail).
+    A change is refused (503) while the audit trail cannot be written."""
+    who = _authenticate(request, credentials, "admin")
+    if request.method != "GET":
+        require_trail(request.app.state.api)
+    return who
+
+
+def require_trail(api: Api) -> None:
+    """503 while the audit trail cannot take a record: a change nobody could trace is not made.
+    (Camera triggers are production traffic and never wait on it.)"""
+    why = api.audit.unwritable()
+    if why is not None:
+        log.error("change refused: %s", why)
+        raise HTTPException(503, f"change refused: {why}", {"Retry-After": "5"})
 
 
 Operator = Annotated[str, Depends(operator)]

@@ -48,7 +48,7 @@ _REFUSALS = (KeyError, NotFoundError, ConflictError, RefusedError)
     "/{name}/candidate",
     summary="Load a candidate beside the live model: it judges the same frames in its own "
     "worker, off the PLC path (never published); replaces an earlier candidate.",
-    responses=errors(400, 401, 403, 404, 422),
+    responses=errors(400, 401, 403, 404, 422, 503),
 )
 def load_candidate(api: ApiDep, name: str, body: CandidateRequest, by: Caller) -> CandidateReport:
     path = confined(api, body.path, "candidate file")
@@ -90,7 +90,7 @@ def candidate_report(api: ApiDep, name: str) -> CandidateReport:
 @router.delete(
     "/{name}/candidate",
     summary="Discard the candidate; answers its last report.",
-    responses=errors(401, 403, 404, 422),
+    responses=errors(401, 403, 404, 422, 503),
 )
 def discard_candidate(api: ApiDep, name: str, by: Caller) -> CandidateReport:
     try:
@@ -106,7 +106,7 @@ def discard_candidate(api: ApiDep, name: str, by: Caller) -> CandidateReport:
     "/{name}/candidate/promote",
     summary="Serve the candidate as the live model (an atomic swap, as a hot reload: frames in "
     "flight finish on the old model, none lost, order kept).",
-    responses=errors(401, 403, 404, 409, 422),
+    responses=errors(401, 403, 404, 409, 422, 503),
 )
 def promote_candidate(api: ApiDep, name: str, by: Caller) -> ModelDescription:
     before = _live(api, name)
@@ -122,7 +122,7 @@ def promote_candidate(api: ApiDep, name: str, by: Caller) -> ModelDescription:
 @router.post(
     "/{name}/rollback",
     summary="Serve the model that served before the current one again, from the model history.",
-    responses=errors(401, 403, 404, 409, 422),
+    responses=errors(401, 403, 404, 409, 422, 503),
 )
 def rollback(api: ApiDep, name: str, by: Caller) -> ModelDescription:
     before = _live(api, name)

@@ -99,7 +99,7 @@ def trigger(api: ApiDep, camera: str, body: TriggerRequest, by: Operator) -> dic
 @router.post(
     "/models/{name}/reload",
     summary="Load the model's file (and card) again and swap it in without stopping anything.",
-    responses=errors(400, 401, 403, 404, 422),
+    responses=errors(400, 401, 403, 404, 422, 503),
 )
 def reload_model(
     api: ApiDep, name: str, by: Caller, body: ReloadRequest | None = None

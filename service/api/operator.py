@@ -22,7 +22,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field, field_validator
 
-from service.api.deps import Api, ApiDep, Operator, audit
+from service.api.deps import Api, ApiDep, Operator, audit, require_trail
 from service.api.schemas import errors
 from service.core.errors import NotFoundError
 from service.core.types import Frame, Result
@@ -340,11 +340,12 @@ class LabelRequest(BaseModel):
     "/v1/review/{camera}/{item_id}/label",
     summary="Store an inspector's label on a review item (exported by `review export`).",
     tags=["review"],
-    responses=errors(400, 401, 403, 404, 422),
+    responses=errors(400, 401, 403, 404, 422, 503),
 )
 def review_label(
     api: ApiDep, camera: CameraName, item_id: ItemId, body: LabelRequest, by: Operator
 ) -> dict[str, Any]:
+    require_trail(api)
     path = _find(api, camera, item_id)
     item = json.loads(path.read_text())
     classes = _classes_for(api, item)

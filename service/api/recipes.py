@@ -30,7 +30,7 @@ def recipes(api: ApiDep) -> dict[str, Any]:
     "/recipe",
     summary="Change over to another recipe: cameras move to its models (no frame lost, order "
     "kept) and models get its thresholds; an unknown recipe is refused and nothing changes.",
-    responses=errors(400, 401, 403, 404, 409, 422),
+    responses=errors(400, 401, 403, 404, 409, 422, 503),
 )
 def select(api: ApiDep, body: RecipeRequest, by: Caller) -> dict[str, Any]:
     before = api.recipes.state().get("active")

@@ -151,8 +151,8 @@ _ERRORS = {
     413: "Body or declared image size over the limit; the connection is closed.",
     415: "Unsupported media type or image format.",
     422: "Invalid parameters or body.",
-    503: "Not ready (loading or stopping), overloaded, or the inference server is unavailable: "
-    "retry later.",
+    503: "Not ready (loading or stopping), overloaded, the inference server is unavailable, "
+    "or (a change) the audit trail cannot record it: retry later.",
 }
 
 

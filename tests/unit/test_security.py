@@ -168,6 +168,42 @@ def test_roles_act_and_are_recorded_by_token_id(
     )  # fmt: skip
 
 
+def test_no_change_is_made_while_the_audit_trail_cannot_record_it(
+    served: ServedModels, tmp_path: Path
+) -> None:
+    """A trail another process holds locked (as a full or read-only disk would leave it): every
+    change is refused with 503 and the reason, nothing reaches control or the review item;
+    camera triggers (production traffic) and reading go on; once it is free, changes go
+    through and are recorded."""
+    import sqlite3
+
+    s = Setup(served, tmp_path, **ROLES)
+    c = s.client
+    holder = sqlite3.connect(tmp_path / "audit.sqlite", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        for method, path, body in ADMIN_ROUTES[:2]:  # each waits out the 2 s lock timeout
+            r = c.request(method, path, json=body, headers=bearer(ADMIN))
+            assert r.status_code == 503, (method, path, r.text)
+            assert "change refused" in r.json()["detail"] and "locked" in r.json()["detail"]
+        label = OPERATOR_ROUTES[1]
+        r = c.request(label[0], label[1], json=label[2], headers=bearer(OPERATOR))
+        assert r.status_code == 503, r.text
+        assert s.control.calls == [], "a change was made with nothing to record it"
+        item = json.loads(next(s.review.glob("*/*/*.json")).read_text())
+        assert item["label"] is None
+        trigger = OPERATOR_ROUTES[0]
+        r = c.request(trigger[0], trigger[1], json=trigger[2], headers=bearer(OPERATOR))
+        assert r.status_code == 202, "a part trigger waited on the audit trail"
+        assert c.get("/v1/models").status_code == 200
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert c.post(f"{BASE}/rollback", headers=bearer(ADMIN)).status_code == 200
+    actions = [r["action"] for r in c.get("/v1/audit", headers=bearer(ADMIN)).json()["records"]]
+    assert actions[-1] == "model.rollback"
+
+
 def test_predict_takes_any_role_when_required(served: ServedModels, tmp_path: Path) -> None:
     s = Setup(served, tmp_path, require_token_for_predict=True, **ROLES)
     body = MODEL.read_bytes()[:10]  # not an image: past the token check it is a 400
