@@ -64,15 +64,20 @@ def quantize_classifier(
     calibration_images: int = 120,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Write `out_path` (INT8) + card; returns the quantisation summary put into the card."""
+    """Write `out_path` (INT8) + card, calibrated on up to `calibration_images` of the manifest's
+    validation split (as detectors and anomaly models are); returns the quantisation summary
+    put into the card."""
+    val = manifest.samples("val") if "val" in manifest.splits else []
+    if not val:
+        raise ValueError(
+            "the manifest has no validation split: int8 calibration uses the model's validation "
+            "images (make the split with `lineinspect dataset split` or train with this tool)"
+        )
     fp32 = load_model(fp32_path, RuntimeOptions(warmup_runs=1))
     card = load_card(card_path_for(fp32_path))
     classes = list(fp32.spec.classes)
     rng = np.random.default_rng(seed)
-    train = manifest.samples("train")
-    calib = [
-        train[i] for i in rng.choice(len(train), min(calibration_images, len(train)), replace=False)
-    ]
+    calib = [val[i] for i in rng.choice(len(val), min(calibration_images, len(val)), replace=False)]
     _quantize(fp32_path, out_path, _Reader(fp32, calib), softmax_nodes)
     fields = card.model_dump(mode="json", exclude_none=True)
     fields.pop("sha256", None)
@@ -85,6 +90,7 @@ def quantize_classifier(
     summary = {
         "method": "onnxruntime static QDQ, per-channel int8 weights, uint8 activations",
         "calibration_images": len(calib),
+        "calibration_split": "val",
         "fp32": {
             "bytes": fp32_path.stat().st_size,
             "test_accuracy": m32["accuracy"],

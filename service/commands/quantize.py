@@ -7,8 +7,8 @@ INT8 and measure what it costs on the untouched test split.
         --out models/neu-det-int8.onnx            # detector: calibrated on the validation split
     lineinspect models quantize models/mt-anomaly.onnx --out models/mt-anomaly-int8.onnx
 
-A classifier is calibrated on training images, a detector on its validation split (an error
-when the manifest has none); the detector's Detect head after its last convolutions stays fp32
+A classifier or a detector is calibrated on its validation split (an error when the manifest
+has none); the detector's Detect head after its last convolutions stays fp32
 unless `--head int8`. An anomaly model uses the split its card records (no --manifest; --data
 when the images moved): calibrated on the validation split's good parts, its backbone quantised
 and the memory-bank distance, map and score kept fp32 unless `--distance matmul` (the bank's
@@ -49,7 +49,7 @@ def add_parser(models: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--calibration-images",
         type=int,
         default=None,
-        help="classifier: training images (default 120); detector: validation images (default "
+        help="classifier: validation images (default 120); detector: validation images (default "
         "all); anomaly: good validation images (default 32)",
     )
     p.add_argument(

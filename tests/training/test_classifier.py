@@ -195,6 +195,7 @@ def test_int8_quantisation_reports_its_cost(
     out = onnx_path.with_name("neu-tiny-int8.onnx")
     summary = quantize_classifier(onnx_path, out, manifest, calibration_images=8)
     assert summary["int8"]["bytes"] < summary["fp32"]["bytes"] / 2
+    assert summary["calibration_split"] == "val" and summary["calibration_images"] == 8
     card = load_card(card_path_for(out))
     assert card.sha256 == file_sha256(out) and card.metrics["quantization"] == summary
     model = load_model(out)

@@ -47,6 +47,16 @@ def test_detector_without_a_validation_split_is_refused(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_classifier_without_a_validation_split_is_refused(tmp_path: Path) -> None:
+    from training.quantize import quantize_classifier
+
+    manifest = Manifest.load(_without_val(tmp_path))
+    out = tmp_path / "int8.onnx"
+    with pytest.raises(ValueError, match="no validation split"):
+        quantize_classifier(REPO / "models" / "neu-cls-demo.onnx", out, manifest)
+    assert not out.exists()
+
+
 def test_cli_says_why_without_a_validation_split(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
