@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,20 @@ def _record(row: tuple[Any, ...]) -> dict[str, Any]:
         "after": json.loads(after) if after is not None else None,
         "hash": digest,
     }
+
+
+class Recorder(Protocol):
+    """What the parts that make changes need of the trail (AuditLog, NullAudit)."""
+
+    def record(
+        self,
+        actor: str,
+        action: str,
+        target: str | None = None,
+        route: str | None = None,
+        before: dict[str, Any] | None = None,
+        after: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | None: ...
 
 
 class AuditLog:

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from service.audit import Recorder
 from service.core.wire import recipe_event
 from service.inference.card import ThresholdSpec
 from service.inference.model import Model, make_policy
@@ -31,20 +32,6 @@ log = logging.getLogger(__name__)
 
 class ThresholdSetter(Protocol):
     def set_thresholds(self, model: Model, thresholds: ThresholdSpec, by: str = "api") -> None: ...
-
-
-class Recorder(Protocol):
-    """The audit trail (service.audit.AuditLog)."""
-
-    def record(
-        self,
-        actor: str,
-        action: str,
-        target: str | None = None,
-        route: str | None = None,
-        before: dict[str, Any] | None = None,
-        after: dict[str, Any] | None = None,
-    ) -> dict[str, Any] | None: ...
 
 
 class LineAnnouncer(Protocol):

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from service.audit import THRESHOLDS_VERSION
+from service.audit import THRESHOLDS_VERSION, Recorder
 from service.config import ShadowConfig
 from service.core.errors import ConflictError, NotFoundError, RefusedError
 from service.core.wire import topic_segment
@@ -43,18 +43,9 @@ class ReferenceSink(Protocol):
     def register(self, model: Model) -> object: ...
 
 
-class VersionRecord(Protocol):
+class VersionRecord(Recorder, Protocol):
     """Where thresholds versions are kept (service.audit.AuditLog)."""
 
-    def record(
-        self,
-        actor: str,
-        action: str,
-        target: str | None = None,
-        route: str | None = None,
-        before: dict[str, Any] | None = None,
-        after: dict[str, Any] | None = None,
-    ) -> dict[str, Any] | None: ...
     def last_thresholds_version(self, model: str) -> int | None: ...
 
 

@@ -18,7 +18,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.batcher import MicroBatcher
-from service.audit import NullAudit
+from service.audit import NullAudit, Recorder
 from service.config import Settings
 from service.core.types import Frame, Result
 from service.inference.card import ThresholdSpec
@@ -77,18 +77,9 @@ class DriftView(Protocol):
     def snapshot(self) -> dict[str, dict[str, Any]]: ...
 
 
-class AuditPort(Protocol):
+class AuditPort(Recorder, Protocol):
     """The audit trail (service.audit.AuditLog, or NullAudit when it is off)."""
 
-    def record(
-        self,
-        actor: str,
-        action: str,
-        target: str | None = None,
-        route: str | None = None,
-        before: dict[str, Any] | None = None,
-        after: dict[str, Any] | None = None,
-    ) -> dict[str, Any] | None: ...
     def unwritable(self) -> str | None: ...
     def query(
         self,
