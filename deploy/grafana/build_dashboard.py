@@ -4,8 +4,9 @@
     python deploy/grafana/build_dashboard.py --check    # exit 1 if the JSON is out of date
 
 Pure standard library and deterministic (same input, same bytes), so the JSON stays reviewable
-in diffs; edit this script, never the JSON. tests/integration/test_observability.py runs every
-query below against a real Prometheus scraping a real line and fails on one that returns nothing.
+in diffs; edit this script (the rows) or panels.py (panel and query builders, the grid), never
+the JSON. tests/integration/test_observability.py runs every query below against a real
+Prometheus scraping a real line and fails on one that returns nothing.
 
 Queries filter on `line` (a target label set in deploy/prometheus/prometheus.yml) and `camera`.
 Series the service only creates on first use (a drop reason, a review reason, an error stage)
@@ -20,174 +21,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from panels import (
+    LC,
+    RI,
+    UP_MAPPING,
+    L,
+    Panel,
+    Row,
+    dashboard,
+    layout,
+    per_s,
+    quantile,
+    stat,
+    table,
+    targets,
+    timeseries,
+    up_down,
+    zero_for,
+)
+
 OUT = Path(__file__).resolve().parent / "dashboards" / "lineinspect.json"
-DS = {"type": "prometheus", "uid": "prometheus"}  # deploy/grafana/provisioning/datasources
-L = 'line=~"$line"'
-LC = 'line=~"$line", camera=~"$camera"'
-RI = "$__rate_interval"
-
-Panel = dict[str, Any]
-
-
-def target(expr: str, legend: str = "", ref: str = "A", **extra: Any) -> dict[str, Any]:
-    return {
-        "datasource": DS,
-        "expr": expr,
-        "legendFormat": legend or "__auto",
-        "refId": ref,
-    } | extra
-
-
-def targets(*pairs: tuple[str, str]) -> list[dict[str, Any]]:
-    return [target(expr, legend, chr(ord("A") + i)) for i, (expr, legend) in enumerate(pairs)]
-
-
-def thresholds(*steps: tuple[float, str], base: str = "green") -> dict[str, Any]:
-    return {
-        "mode": "absolute",
-        "steps": [{"color": base, "value": None}]
-        + [{"color": color, "value": value} for value, color in steps],
-    }
-
-
-def timeseries(
-    title: str,
-    tgts: list[dict[str, Any]],
-    unit: str = "short",
-    description: str = "",
-    stack: bool = False,
-    limits: tuple[float, float] | None = None,
-    steps: tuple[tuple[float, str], ...] = (),
-    overrides: list[dict[str, Any]] | None = None,
-) -> Panel:
-    custom: dict[str, Any] = {
-        "drawStyle": "line",
-        "lineWidth": 1,
-        "fillOpacity": 20 if stack else 0,
-        "showPoints": "never",
-        "spanNulls": False,
-        "stacking": {"mode": "normal" if stack else "none", "group": "A"},
-        "thresholdsStyle": {"mode": "dashed" if steps else "off"},
-    }
-    defaults: dict[str, Any] = {"unit": unit, "custom": custom, "thresholds": thresholds(*steps)}
-    if limits is not None:
-        defaults["min"], defaults["max"] = limits
-    else:
-        defaults["min"] = 0
-    return {
-        "type": "timeseries",
-        "title": title,
-        "description": description,
-        "datasource": DS,
-        "targets": tgts,
-        "fieldConfig": {"defaults": defaults, "overrides": overrides or []},
-        "options": {
-            "legend": {
-                "displayMode": "table",
-                "placement": "bottom",
-                "calcs": ["lastNotNull", "max"],
-            },
-            "tooltip": {"mode": "multi", "sort": "desc"},
-        },
-    }
-
-
-def stat(
-    title: str,
-    expr: str,
-    unit: str = "short",
-    description: str = "",
-    steps: tuple[tuple[float, str], ...] = (),
-    mappings: list[dict[str, Any]] | None = None,
-    base: str = "green",
-) -> Panel:
-    return {
-        "type": "stat",
-        "title": title,
-        "description": description,
-        "datasource": DS,
-        "targets": [target(expr, instant=True)],
-        "fieldConfig": {
-            "defaults": {
-                "unit": unit,
-                "thresholds": thresholds(*steps, base=base),
-                "mappings": mappings or [],
-                "color": {"mode": "thresholds"},
-            },
-            "overrides": [],
-        },
-        "options": {
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "colorMode": "background",
-            "graphMode": "none",
-            "textMode": "auto",
-            "justifyMode": "auto",
-            "orientation": "auto",
-        },
-    }
-
-
-def up_down(title: str, tgts: list[dict[str, Any]], description: str = "") -> Panel:
-    """A state timeline of a 0/1 gauge: red gaps are outages."""
-    return {
-        "type": "state-timeline",
-        "title": title,
-        "description": description,
-        "datasource": DS,
-        "targets": tgts,
-        "fieldConfig": {
-            "defaults": {
-                "color": {"mode": "thresholds"},
-                "thresholds": thresholds((1, "green"), base="red"),
-                "mappings": [
-                    {
-                        "type": "value",
-                        "options": {
-                            "0": {"text": "down", "color": "red", "index": 0},
-                            "1": {"text": "up", "color": "green", "index": 1},
-                        },
-                    }
-                ],
-            },
-            "overrides": [],
-        },
-        "options": {"showValue": "never", "mergeValues": True, "rowHeight": 0.8},
-    }
-
-
-def table(title: str, expr: str, description: str = "", hide: tuple[str, ...] = ()) -> Panel:
-    return {
-        "type": "table",
-        "title": title,
-        "description": description,
-        "datasource": DS,
-        "targets": [target(expr, format="table", instant=True)],
-        "fieldConfig": {"defaults": {}, "overrides": []},
-        "options": {"showHeader": True, "cellHeight": "sm"},
-        "transformations": [
-            {
-                "id": "organize",
-                "options": {
-                    "excludeByName": dict.fromkeys(("Time", "Value", "__name__", *hide), True)
-                },
-            }
-        ],
-    }
-
-
-def zero_for(expr: str, label: str) -> str:
-    """`expr`'s series at 0 with `label`="none": the fallback of a counter not yet used."""
-    return f'label_replace(0 * {expr}, "{label}", "none", "", "")'
-
-
-def quantile(q: float, metric: str, sel: str, by: str) -> str:
-    return f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{sel}}}[{RI}])))"
-
-
-def per_s(by: str, metric: str, sel: str, fn: str = "rate") -> str:
-    """Per-second rate (or increase) of a counter over the panel's rate interval, summed by `by`."""
-    return f"sum by ({by}) ({fn}({metric}{{{sel}}}[{RI}]))"
-
 
 # -- the panels, row by row ------------------------------------------------------------------
 VERDICT_COLORS = [
@@ -196,15 +49,6 @@ VERDICT_COLORS = [
         "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": color}}],
     }
     for name, color in (("pass", "green"), ("fail", "red"), ("uncertain", "orange"))
-]
-UP_MAPPING = [
-    {
-        "type": "value",
-        "options": {
-            "0": {"text": "DOWN", "color": "red", "index": 0},
-            "1": {"text": "UP", "color": "green", "index": 1},
-        },
-    }
 ]
 VERDICTS = "lineinspect_verdicts_total"
 F2V = "lineinspect_frame_to_verdict_seconds"
@@ -595,7 +439,7 @@ def per_camera() -> list[Panel]:
 
 def build() -> dict[str, Any]:
     # (title, panels, panel height, panels side by side, variable the row repeats on)
-    rows = [
+    rows: list[Row] = [
         ("Overview: line $line", overview(), 4, 8, None),
         ("Throughput and verdicts", throughput(), 8, 3, None),
         ("Latency", latency(), 8, 3, None),
@@ -607,94 +451,7 @@ def build() -> dict[str, Any]:
         ("Candidate model (shadow, off the PLC path)", candidate(), 8, 3, None),
         ("Camera $camera", per_camera(), 8, 3, "camera"),
     ]
-    panels: list[Panel] = []
-    y, next_id = 0, 1
-    for title, row_panels, height, per_line, repeat in rows:
-        row: Panel = {
-            "type": "row",
-            "title": title,
-            "collapsed": False,
-            "panels": [],
-            "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
-            "id": next_id,
-        }
-        if repeat:
-            row["repeat"] = repeat
-        panels.append(row)
-        y, next_id = y + 1, next_id + 1
-        width = 24 // per_line
-        for i, panel in enumerate(row_panels):
-            if i and i % per_line == 0:
-                y += height
-            panel["id"] = next_id
-            panel["gridPos"] = {"h": height, "w": width, "x": (i % per_line) * width, "y": y}
-            panels.append(panel)
-            next_id += 1
-        y += height
-    variable = {
-        "type": "query",
-        "datasource": DS,
-        "refresh": 2,  # on time range change: cameras come and go
-        "multi": True,
-        "includeAll": True,
-        "allValue": ".*",
-        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-        "sort": 1,
-        "hide": 0,
-        "options": [],
-        "regex": "",
-        "skipUrlSync": False,
-    }
-    return {
-        "uid": "lineinspect",
-        "title": "lineinspect: inspection line",
-        "description": "Throughput, verdicts, latency, drift and delivery of lineinspect lines. "
-        "Generated by deploy/grafana/build_dashboard.py.",
-        "tags": ["lineinspect"],
-        "timezone": "browser",
-        "editable": False,
-        "graphTooltip": 1,
-        "schemaVersion": 39,
-        "version": 1,
-        "refresh": "10s",
-        "time": {"from": "now-1h", "to": "now"},
-        "timepicker": {},
-        "fiscalYearStartMonth": 0,
-        "liveNow": False,
-        "links": [],
-        "annotations": {
-            "list": [
-                {
-                    "builtIn": 1,
-                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-                    "enable": True,
-                    "hide": True,
-                    "iconColor": "rgba(0, 211, 255, 1)",
-                    "name": "Annotations & Alerts",
-                    "type": "dashboard",
-                }
-            ]
-        },
-        "templating": {
-            "list": [
-                variable
-                | {
-                    "name": "line",
-                    "label": "Line",
-                    "query": "label_values(lineinspect_build_info, line)",
-                    "definition": "label_values(lineinspect_build_info, line)",
-                },
-                variable
-                | {
-                    "name": "camera",
-                    "label": "Camera",
-                    "query": 'label_values(lineinspect_camera_up{line=~"$line"}, camera)',
-                    "definition": 'label_values(lineinspect_camera_up{line=~"$line"}, camera)',
-                },
-            ]
-        },
-        "panels": panels,
-    }
+    return dashboard(layout(rows))
 
 
 def render() -> str:
