@@ -47,6 +47,7 @@ SECURITY_HEADERS = {
 _STATIC = {
     "operator.html": "text/html; charset=utf-8",
     "operator.js": "text/javascript; charset=utf-8",
+    "review.js": "text/javascript; charset=utf-8",
     "operator.css": "text/css; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
