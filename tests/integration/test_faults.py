@@ -32,13 +32,14 @@ RECOVERY_BOUND_S = 5.0  # the outbox retries a failed write every second
 
 
 def fill(folder: Path) -> Path:
-    """Write zeros until the file system says ENOSPC; returns the filler file."""
+    """Write zeros until the file system says ENOSPC; returns the filler file. Unbuffered: a
+    buffered file keeps the chunk that did not fit and raises ENOSPC again when it is closed
+    (seen once in CI, depending on where the disk ran out)."""
     filler = folder / "filler"
-    with filler.open("wb") as f:
+    with filler.open("wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * (64 * 1024))
-                f.flush()
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
