@@ -21,13 +21,6 @@ from typing import Any
 
 from service.commands import fail
 
-# ONNX Runtime's tensor types as Triton's config names them.
-CONFIG_TYPES = {
-    "tensor(float)": "TYPE_FP32", "tensor(float16)": "TYPE_FP16", "tensor(double)": "TYPE_FP64",
-    "tensor(int64)": "TYPE_INT64", "tensor(int32)": "TYPE_INT32", "tensor(uint8)": "TYPE_UINT8",
-    "tensor(bool)": "TYPE_BOOL",
-}  # fmt: skip
-
 
 def add_parser(models: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = models.add_parser(
@@ -59,14 +52,12 @@ def add_parser(models: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.set_defaults(func=run)
 
 
-def _dims(shape: list[Any]) -> list[int]:
-    return [d if isinstance(d, int) and d > 0 else -1 for d in shape]
-
-
 def _tensor(arg: Any, dims: list[int]) -> str:
-    kind = CONFIG_TYPES.get(arg.type)
-    if kind is None:
+    from service.inference.triton import DATATYPES
+
+    if arg.type not in DATATYPES:
         raise ValueError(f"tensor '{arg.name}' has type {arg.type}, which Triton is not sent")
+    kind = f"TYPE_{DATATYPES[arg.type]}"  # the config's name of the KServe v2 data type
     reshape = ""
     if not dims:  # a batch-only tensor: Triton needs one dim, reshaped away on the wire
         dims, reshape = [1], "\n    reshape: { shape: [ ] }"
@@ -89,10 +80,12 @@ def triton_config(
     """config.pbtxt for Triton's onnxruntime backend. A model whose batch axis is free is
     batched by the server (its dims leave the batch out); one exported with a fixed batch is
     sent as it is (max_batch_size 0, every dim given)."""
+    from service.inference.triton import triton_dims
+
     batched = not isinstance(inputs[0].shape[0], int)
     cut = 1 if batched else 0
-    ins = ",\n".join(_tensor(a, _dims(a.shape)[cut:]) for a in inputs)
-    outs = ",\n".join(_tensor(a, _dims(a.shape)[cut:]) for a in outputs)
+    ins = ",\n".join(_tensor(a, triton_dims(a.shape)[cut:]) for a in inputs)
+    outs = ",\n".join(_tensor(a, triton_dims(a.shape)[cut:]) for a in outputs)
     lines = [
         f'name: "{name}"',
         'platform: "onnxruntime_onnx"',

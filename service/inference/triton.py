@@ -75,7 +75,8 @@ class _Meta:
     custom_metadata_map: dict[str, str]
 
 
-def _dims(shape: Sequence[int | str | None]) -> list[int]:
+def triton_dims(shape: Sequence[int | str | None]) -> list[int]:
+    """An ONNX Runtime shape as Triton writes dims: -1 for every free axis."""
     return [d if isinstance(d, int) and d > 0 else -1 for d in shape]
 
 
@@ -125,13 +126,19 @@ class TritonSession:
         return self.options.max_batch if self._batched else None
 
     # -- the connection
+    def _tritonclient(self) -> Any:
+        """NVIDIA's client module for the configured protocol (imported on first use)."""
+        if self.options.protocol == "grpc":
+            import tritonclient.grpc as tc
+        else:
+            import tritonclient.http as tc
+        return tc
+
     def _client(self) -> Any:
         client = getattr(self._local, "client", None)
         if client is None:
-            o = self.options
+            o, tc = self.options, self._tritonclient()
             if o.protocol == "grpc":
-                import tritonclient.grpc as tc
-
                 # gRPC's own reconnect back-off grows to 120 s; ours is shorter and opens a
                 # fresh channel after an outage anyway.
                 client = tc.InferenceServerClient(
@@ -141,14 +148,16 @@ class TritonSession:
                         ("grpc.max_reconnect_backoff_ms", int(o.retry_max_s * 1000)),
                     ],
                 )
-            else:
-                import tritonclient.http as tc
-
+            else:  # its timeouts are the connection's; gRPC's are given per call (_per_call)
                 client = tc.InferenceServerClient(
                     o.url, connection_timeout=o.timeout_s, network_timeout=o.timeout_s
                 )
             self._local.client = client
         return client
+
+    def _per_call(self) -> dict[str, Any]:
+        """Keyword arguments every gRPC call takes: its deadline."""
+        return {"client_timeout": self.options.timeout_s} if self.options.protocol == "grpc" else {}
 
     def _drop_client(self) -> None:
         client = getattr(self._local, "client", None)
@@ -192,27 +201,15 @@ class TritonSession:
 
     def _verify(self) -> None:
         client, o = self._client(), self.options
+        # gRPC answers protobuf unless asked for JSON, and wraps the config in {"config": ...}
+        ask = self._per_call() | ({"as_json": True} if o.protocol == "grpc" else {})
+        name, version = self.model, o.model_version
+        meta = self._call(
+            "metadata request", lambda: client.get_model_metadata(name, version, **ask)
+        )
+        config = self._call("config request", lambda: client.get_model_config(name, version, **ask))
         if o.protocol == "grpc":
-            meta = self._call(
-                "metadata request",
-                lambda: client.get_model_metadata(
-                    self.model, o.model_version, as_json=True, client_timeout=o.timeout_s
-                ),
-            )
-            config = self._call(
-                "config request",
-                lambda: client.get_model_config(
-                    self.model, o.model_version, as_json=True, client_timeout=o.timeout_s
-                ),
-            )
             config = config.get("config", {})
-        else:
-            meta = self._call(
-                "metadata request", lambda: client.get_model_metadata(self.model, o.model_version)
-            )
-            config = self._call(
-                "config request", lambda: client.get_model_config(self.model, o.model_version)
-            )
         check_served(self, meta, config)
         if not self.up:
             log.info("model %s: inference server %s answers; its model checked", self.model,
@@ -237,19 +234,14 @@ class TritonSession:
         return outputs
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> list[Any]:
-        o = self.options
-        if o.protocol == "grpc":
-            import tritonclient.grpc as tc
-        else:
-            import tritonclient.http as tc
+        o, tc = self.options, self._tritonclient()
         inputs = []
         for name, array in feeds.items():
             tensor = tc.InferInput(name, list(array.shape), DATATYPES[self._type_of(name)])
             tensor.set_data_from_numpy(np.ascontiguousarray(array))
             inputs.append(tensor)
         wanted = [tc.InferRequestedOutput(a.name) for a in self._outputs]
-        client = self._client()
-        extra = {"client_timeout": o.timeout_s} if o.protocol == "grpc" else {}
+        client, extra = self._client(), self._per_call()
         result = self._call(
             "inference request",
             lambda: client.infer(
@@ -311,7 +303,7 @@ def check_served(session: TritonSession, meta: dict[str, Any], config: dict[str,
                     f"Triton model '{name}' {kind} '{arg.name}' is {datatype}, "
                     f"the model file's is {arg.type}"
                 )
-            ours = _dims(arg.shape)
+            ours = triton_dims(arg.shape)
             if kind == "output" and len(ours) == 1 and dims == [*lead, 1]:
                 continue  # a batch-only output, served as dims [1]
             if not _fits(ours, dims):
