@@ -10,7 +10,7 @@ gets one thread too, so the difference is serialisation, the wire and Triton's s
 For each batch size, the same preprocessed frames of the conveyor clip go through, interleaved
 round by round: `local` (session.run in this process), `grpc` and `http` (lineinspect's Triton
 session, tritonclient). Columns: ms per frame (median of the rounds), this process's CPU
-seconds per frame, and the server's (its whole process group: tritonserver and the Python
+seconds per frame, and the server's (its whole process tree: tritonserver and the Python
 backend stub running ONNX Runtime). Run on a quiet machine: both sides share its cores.
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -28,7 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from scripts.harness import REPO, TritonServer, data_root, load1
+from scripts.harness import REPO, TritonServer, cpu_seconds, data_root, load1
 from service.cli import main as cli_main
 from service.inference.model import load_model
 from service.inference.runtime import CPU, RuntimeOptions
@@ -37,18 +36,13 @@ from service.inference.triton import TritonOptions
 CLIP = "video/checkweigher_conveyor_h264_1280x720.mp4"
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """User + system CPU of every process in a process group so far (from /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # field 5 of stat: the process group
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU so far of a process and all its descendants (the server's Python,
+    tritonserver and the backend stubs)."""
+    import psutil
+
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    return sum(cpu_seconds(p.pid) for p in procs)
 
 
 def frames(n: int) -> list[np.ndarray]:
@@ -63,13 +57,13 @@ def frames(n: int) -> list[np.ndarray]:
     return out
 
 
-def timed(run: Any, batches: list[np.ndarray], server_pgid: int) -> tuple[float, float, float]:
+def timed(run: Any, batches: list[np.ndarray], server_pid: int) -> tuple[float, float, float]:
     """(wall s, this process's CPU s, the server's CPU s) for running every batch once."""
-    c0, s0, t0 = time.process_time(), group_cpu_seconds(server_pgid), time.perf_counter()
+    c0, s0, t0 = time.process_time(), tree_cpu_seconds(server_pid), time.perf_counter()
     for batch in batches:
         run(batch)
     wall = time.perf_counter() - t0
-    return wall, time.process_time() - c0, group_cpu_seconds(server_pgid) - s0
+    return wall, time.process_time() - c0, tree_cpu_seconds(server_pid) - s0
 
 
 def main(argv: list[str] | None = None) -> int:
