@@ -33,7 +33,7 @@ def write_int8(
 ) -> dict[str, Any]:
     """Quantise `fp32_path` (a model of `task` this run trained) and report both; returns a
     one-line-able summary: path, accuracy of each, speed ratio, readiness of each."""
-    from training.report.int8 import ACCURACY, add_int8_section, int8_section
+    from training.report.int8 import ACCURACY, int8_section, write_int8_section
     from training.report.model import Table
 
     out = int8_path(fp32_path)
@@ -51,8 +51,9 @@ def write_int8(
         q = quantize_anomaly(fp32_path, out, data, compare=False, command=command)
     else:
         raise ValueError(f"no int8 path for a {task!r} model")
-    report = add_int8_section(report_dir, fp32_path, out)
-    table = int8_section(fp32_path, out).blocks[0]
+    section = int8_section(fp32_path, out)  # both cards read once: the report and the summary
+    report = write_int8_section(report_dir, fp32_path, section)
+    table = section.blocks[0]
     assert isinstance(table, Table)
     rows = table.rows
     key = ACCURACY[task][0]

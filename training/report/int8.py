@@ -122,7 +122,11 @@ def int8_section(fp32_path: Path, int8_path: Path) -> Section:
 def add_int8_section(report_dir: Path, fp32_path: Path, int8_path: Path) -> Path:
     """Append the comparison to `report_dir`/report.md and report.html (a report of its own
     when the run wrote none, e.g. a good-only anomaly run); returns report.md."""
-    section = int8_section(fp32_path, int8_path)
+    return write_int8_section(report_dir, fp32_path, int8_section(fp32_path, int8_path))
+
+
+def write_int8_section(report_dir: Path, fp32_path: Path, section: Section) -> Path:
+    """`add_int8_section` for a section already built (from `int8_section`)."""
     report_dir.mkdir(parents=True, exist_ok=True)
     md, html = report_dir / "report.md", report_dir / "report.html"
     md_text = "\n".join(
