@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -41,7 +41,7 @@ __all__ = [
     "clip_frame_jpeg",
     "cpu_seconds",
     "data_root",
-    "die_with_parent",
+    "dies_with_parent",
     "free_port",
     "load1",
     "mosquitto_exe",
@@ -59,12 +59,13 @@ MOSQUITTO_HINT = (
 )
 
 
-def die_with_parent() -> None:
-    """`preexec_fn` for the processes started here: the kernel kills them (SIGKILL) when the
-    process that started them dies, so a run that is itself killed leaves no broker behind."""
-    import ctypes
-
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def dies_with_parent(cmd: Sequence[str]) -> list[str]:
+    """`cmd` started so that the kernel kills it (SIGKILL) when the thread that started it dies,
+    so a run that is itself killed leaves no broker or server behind: util-linux's setpriv sets
+    PR_SET_PDEATHSIG and execs `cmd` (same process, same pid). Not a `preexec_fn`: Python run
+    between fork and exec can deadlock on a lock another thread held at the fork (gRPC's
+    threads in the Triton tests: mosquitto hung before its exec, twice)."""
+    return ["setpriv", "--pdeathsig", "KILL", *cmd]
 
 
 def free_port() -> int:
@@ -110,10 +111,9 @@ class Broker:
 
     def start(self, timeout: float = 10) -> None:
         self.proc = subprocess.Popen(
-            [mosquitto_exe(), "-c", str(self.conf)],
+            dies_with_parent([mosquitto_exe(), "-c", str(self.conf)]),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 (one prctl call)
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import REPO, die_with_parent, free_port, wait_ready
+from tests.integration.conftest import REPO, dies_with_parent, free_port, wait_ready
 
 TOKEN = "fuzz-token-0123456789"
 
@@ -59,12 +59,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator
     log = tmp / "server.log"
     with log.open("w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve"],
+            dies_with_parent([sys.executable, "-m", "service", "serve"]),
             cwd=REPO,
             env=env,
             stderr=err,
             text=True,
-            preexec_fn=die_with_parent,
         )
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc, lambda: log.read_text()[-2000:])

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from scripts.harness import (
     Broker,
     Subscriber,
-    die_with_parent,  # noqa: F401 (the tests import it from here)
+    dies_with_parent,  # noqa: F401 (the tests import it from here)
     free_port,
     wait_ready,  # noqa: F401 (the tests import it from here)
 )

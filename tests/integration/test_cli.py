@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 
 from tests import onnx_factory
-from tests.integration.conftest import REPO, die_with_parent, free_port, wait_ready
+from tests.integration.conftest import REPO, dies_with_parent, free_port, wait_ready
 
 CLI = [sys.executable, "-m", "service"]
 
@@ -93,12 +93,11 @@ def test_serve_answers_and_stops_cleanly(neu_images: list[Path]) -> None:
         "LINEINSPECT__RUNTIME__WARMUP_RUNS": "1",
     }
     proc = subprocess.Popen(
-        [*CLI, "serve"],
+        dies_with_parent([*CLI, "serve"]),
         cwd=REPO,
         env=env,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=die_with_parent,
     )
     try:
         url = f"http://127.0.0.1:{port}"

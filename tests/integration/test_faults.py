@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import REPO, Broker, Plc, die_with_parent, free_port, sample
+from tests.integration.conftest import REPO, Broker, Plc, dies_with_parent, free_port, sample
 from tests.integration.test_line import assert_complete, folder_camera, image_folder, line_config
 
 pytestmark = pytest.mark.faults
@@ -71,9 +71,7 @@ def test_disk_full_under_outbox_and_review_loses_no_verdict(
            sys.executable, "-m", "service", "serve", "--config", str(cfg)]  # fmt: skip
     env = os.environ | {"LINEINSPECT__RUNTIME__WARMUP_RUNS": "1"}
     log = (tmp_path / "service.log").open("w")
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stderr=log, text=True, preexec_fn=die_with_parent
-    )
+    proc = subprocess.Popen(dies_with_parent(cmd), cwd=REPO, env=env, stderr=log, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         plc.wait_for(10, 60, "cam1")

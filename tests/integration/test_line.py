@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from service.inference.registry import file_sha256
-from tests.integration.conftest import REPO, Broker, Plc, Running, die_with_parent, free_port
+from tests.integration.conftest import REPO, Broker, Plc, Running, dies_with_parent, free_port
 
 Serve = Callable[..., Running]
 
@@ -141,9 +141,9 @@ def test_sigkill_mid_stream_then_restart_replays_the_outbox(
 
     def start() -> subprocess.Popen[str]:
         env = os.environ | {"LINEINSPECT__RUNTIME__WARMUP_RUNS": "1"}
-        return subprocess.Popen([sys.executable, "-m", "service", "serve", "--config", str(cfg)], cwd=REPO,
-                                env=env, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=die_with_parent)  # fmt: skip
+        cmd = [sys.executable, "-m", "service", "serve", "--config", str(cfg)]
+        return subprocess.Popen(dies_with_parent(cmd), cwd=REPO, env=env, stderr=subprocess.PIPE,
+                                text=True)  # fmt: skip
 
     proc = start()
     try:
@@ -322,7 +322,7 @@ def test_stream_server_stopped_and_restarted(
         str(folder),
         "20",
     ]
-    server = subprocess.Popen(server_cmd, preexec_fn=die_with_parent)
+    server = subprocess.Popen(dies_with_parent(server_cmd))
     cam = {"name": "ipcam", "source": f"http://127.0.0.1:{port}/stream.mjpg", "read_timeout_s": 1.0,
            "reconnect_initial_s": 0.2, "reconnect_max_s": 1.0, "stall_timeout_s": 2.0}  # fmt: skip
     try:
@@ -339,7 +339,7 @@ def test_stream_server_stopped_and_restarted(
         assert 'lineinspect_camera_up{camera="ipcam"} 0.0' in running.client.get("/metrics").text
         assert running.client.get("/v1/cameras").json()["cameras"][0]["state"] != "streaming"
         time.sleep(2)  # down for a while: several failed reconnects
-        server = subprocess.Popen(server_cmd, preexec_fn=die_with_parent)
+        server = subprocess.Popen(dies_with_parent(server_cmd))
         back = time.monotonic()
         before = len(plc.verdicts("ipcam"))
         plc.wait_for(before + 1, 30, "ipcam")

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.conftest import REPO, Broker, Running, die_with_parent, free_port
+from tests.integration.conftest import REPO, Broker, Running, dies_with_parent, free_port
 
 Serve = Callable[..., Running]
 
@@ -188,9 +188,9 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[str], httpx.Client]]:
         run_tool(tool("promtool"), "check", "config", config)
         with log.open("wb") as out:
             procs.append(subprocess.Popen(
-                [tool("prometheus"), f"--config.file={config}",
-                 f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address={listen}"],
-                stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
+                dies_with_parent([tool("prometheus"), f"--config.file={config}",
+                 f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address={listen}"]),
+                stdout=out, stderr=subprocess.STDOUT,
             ))  # fmt: skip
         client = httpx.Client(base_url=f"http://{listen}", timeout=10)
         clients.append(client)

@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.integration.conftest import REPO, Broker, Plc, die_with_parent, free_port
+from tests.integration.conftest import REPO, Broker, Plc, dies_with_parent, free_port
 from tests.integration.test_line import Serve, _make_certs, folder_camera, line_config
 
 ADMIN = "alice-admin-0123456789abcdef01"
@@ -162,9 +162,8 @@ def test_the_api_over_https_with_a_throwaway_ca(tmp_path: Path) -> None:
     }))  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINEINSPECT__")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--config", str(config)],
+        dies_with_parent([sys.executable, "-m", "service", "serve", "--config", str(config)]),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=die_with_parent,
     )  # fmt: skip
     url = f"https://127.0.0.1:{port}"
     try:
